@@ -1,0 +1,278 @@
+//! `relay.toml`: parsed, checked, and turned into the relay's typed parts.
+
+use std::collections::HashMap;
+use std::net::{IpAddr, SocketAddr};
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context, bail};
+use serde::Deserialize;
+
+use super::authn::StaticTokens;
+use super::inventory::Inventory;
+use super::policy::{Binding, Policy, Resource};
+
+/// The file as written.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RelayFile {
+    /// Address to listen on, e.g. `0.0.0.0:443` or `127.0.0.1:0`.
+    pub listen: SocketAddr,
+    /// Certificate and key; without it the relay speaks plain `ws://` (behind a TLS proxy).
+    pub tls: Option<TlsFiles>,
+    /// Static bearer tokens, stored as SHA-256 hashes.
+    #[serde(default)]
+    pub static_tokens: Vec<StaticTokenEntry>,
+    /// The machines the relay may reach.
+    #[serde(default)]
+    pub instances: Vec<InstanceEntry>,
+    /// Who may reach what; nothing else is allowed.
+    #[serde(default)]
+    pub bindings: Vec<BindingEntry>,
+    /// Timeouts and limits.
+    #[serde(default)]
+    pub limits: Limits,
+}
+
+/// `[tls]`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TlsFiles {
+    /// PEM certificate chain.
+    pub cert: PathBuf,
+    /// PEM private key.
+    pub key: PathBuf,
+}
+
+/// `[[static_tokens]]`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StaticTokenEntry {
+    /// Who presents it, e.g. `user:alice@example.com`.
+    pub principal: String,
+    /// Lowercase hex SHA-256 of the token.
+    pub sha256: String,
+}
+
+/// `[[instances]]`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct InstanceEntry {
+    /// Project id.
+    pub project: String,
+    /// Zone.
+    pub zone: String,
+    /// Instance name.
+    pub name: String,
+    /// Interface name → internal address.
+    pub interfaces: HashMap<String, IpAddr>,
+}
+
+/// `[[bindings]]`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BindingEntry {
+    /// Only `roles/iap.tunnelResourceAccessor` grants tunnels.
+    pub role: String,
+    /// `user:…`, `serviceAccount:…`, `domain:…`.
+    pub members: Vec<String>,
+    /// `projects/P`, `projects/P/zones/Z` or `projects/P/zones/Z/instances/NAME`.
+    pub resource: String,
+    /// Allowed destination ports; absent means any.
+    pub ports: Option<Vec<u16>>,
+}
+
+/// `[limits]`, with defaults suited to a small deployment.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Limits {
+    /// Seconds a client may take from TCP accept to a finished WebSocket upgrade.
+    pub handshake_timeout_secs: u64,
+    /// Seconds to wait for the backend's TCP connect.
+    pub backend_connect_timeout_secs: u64,
+    /// Connections served at once; more wait in the kernel's accept queue.
+    pub max_connections: usize,
+    /// Unacknowledged backend bytes held per session.
+    pub max_unacked_bytes: usize,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            handshake_timeout_secs: 10,
+            backend_connect_timeout_secs: 20,
+            max_connections: 10_000,
+            max_unacked_bytes: crate::session::state::DEFAULT_MAX_UNACKED,
+        }
+    }
+}
+
+/// The role that grants tunnel access, as in Google Cloud IAM.
+pub const TUNNEL_ROLE: &str = "roles/iap.tunnelResourceAccessor";
+
+/// A checked configuration.
+#[derive(Debug)]
+pub struct RelayConfig {
+    /// Where to listen.
+    pub listen: SocketAddr,
+    /// Certificate chain and key paths (resolved against the config file's folder).
+    pub tls: Option<(PathBuf, PathBuf)>,
+    /// Static tokens.
+    pub tokens: StaticTokens,
+    /// Reachable machines.
+    pub inventory: Inventory,
+    /// Bindings.
+    pub policy: Policy,
+    /// Limits.
+    pub limits: Limits,
+}
+
+impl RelayConfig {
+    /// Reads and checks `path`.
+    ///
+    /// # Errors
+    /// One message naming the file, the entry and what is wrong.
+    pub fn load(path: &Path) -> anyhow::Result<RelayConfig> {
+        let text = std::fs::read_to_string(path)
+            .with_context(|| format!("reading relay config {}", path.display()))?;
+        let base = path.parent().unwrap_or(Path::new("."));
+        Self::parse(&text, base).with_context(|| format!("relay config {}", path.display()))
+    }
+
+    /// Parses and checks configuration text; relative paths are taken from `base`.
+    ///
+    /// # Errors
+    /// One message naming the entry and what is wrong.
+    pub fn parse(text: &str, base: &Path) -> anyhow::Result<RelayConfig> {
+        let file: RelayFile = toml::from_str(text)?;
+        let mut tokens = StaticTokens::default();
+        for (i, entry) in file.static_tokens.iter().enumerate() {
+            tokens
+                .add(&entry.principal, &entry.sha256)
+                .with_context(|| format!("static_tokens[{i}]"))?;
+        }
+        let mut inventory = Inventory::default();
+        for (i, entry) in file.instances.into_iter().enumerate() {
+            if entry.interfaces.is_empty() {
+                bail!("instances[{i}] ({}) has no interfaces", entry.name);
+            }
+            inventory.add_instance(&entry.project, &entry.zone, &entry.name, entry.interfaces);
+        }
+        let mut bindings = Vec::new();
+        for (i, entry) in file.bindings.into_iter().enumerate() {
+            if entry.role != TUNNEL_ROLE {
+                bail!(
+                    "bindings[{i}]: role {:?} grants no tunnels (use {TUNNEL_ROLE})",
+                    entry.role
+                );
+            }
+            if entry.members.is_empty() {
+                bail!("bindings[{i}] has no members");
+            }
+            for member in &entry.members {
+                if !["user:", "serviceAccount:", "group:", "domain:"]
+                    .iter()
+                    .any(|p| member.starts_with(p) && member.len() > p.len())
+                {
+                    bail!(
+                        "bindings[{i}]: member {member:?} must start with user:, serviceAccount:, group: or domain:"
+                    );
+                }
+            }
+            let resource =
+                Resource::parse(&entry.resource).with_context(|| format!("bindings[{i}]"))?;
+            if entry
+                .ports
+                .as_ref()
+                .is_some_and(|p| p.is_empty() || p.contains(&0))
+            {
+                bail!(
+                    "bindings[{i}]: ports must list ports from 1 to 65535 (omit it to allow any)"
+                );
+            }
+            bindings.push(Binding {
+                name: format!("bindings[{i}]"),
+                members: entry.members,
+                resource,
+                ports: entry.ports,
+            });
+        }
+        Ok(RelayConfig {
+            listen: file.listen,
+            tls: file.tls.map(|t| (base.join(t.cert), base.join(t.key))),
+            tokens,
+            inventory,
+            policy: Policy { bindings },
+            limits: file.limits,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const GOOD: &str = r#"
+listen = "127.0.0.1:0"
+[tls]
+cert = "c.pem"
+key = "k.pem"
+[[static_tokens]]
+principal = "user:a@example.com"
+sha256 = "2c26b46b68ffc68ff99b453c1d30413413422d706483bfa0f98a5e886266e7ae"
+[[instances]]
+project = "p"
+zone = "z"
+name = "vm-1"
+interfaces = { nic0 = "127.0.0.1" }
+[[bindings]]
+role = "roles/iap.tunnelResourceAccessor"
+members = ["user:a@example.com"]
+resource = "projects/p"
+ports = [22]
+"#;
+
+    #[test]
+    fn good_config_parses_with_paths_resolved() {
+        let config = RelayConfig::parse(GOOD, Path::new("/etc/relay")).unwrap();
+        let (cert, key) = config.tls.unwrap();
+        assert_eq!(cert, Path::new("/etc/relay/c.pem"));
+        assert_eq!(key, Path::new("/etc/relay/k.pem"));
+        assert_eq!(config.policy.bindings.len(), 1);
+        assert_eq!(
+            config.tokens.authenticate("foo"),
+            Some("user:a@example.com")
+        );
+    }
+
+    #[test]
+    fn bad_configs_name_the_problem() {
+        let cases = [
+            (
+                GOOD.replace("roles/iap.tunnelResourceAccessor", "roles/viewer"),
+                "grants no tunnels",
+            ),
+            (
+                GOOD.replace("\"user:a@example.com\"]", "\"alice\"]"),
+                "must start with user:",
+            ),
+            (GOOD.replace("projects/p\"", "folders/p\""), "bindings[0]"),
+            (
+                GOOD.replace("ports = [22]", "ports = []"),
+                "ports must list",
+            ),
+            (GOOD.replace("2c26", "zz26"), "static_tokens[0]"),
+            (GOOD.replace("listen", "lisen"), "unknown field"),
+            (
+                GOOD.replace("{ nic0 = \"127.0.0.1\" }", "{}"),
+                "has no interfaces",
+            ),
+        ];
+        for (text, expected) in cases {
+            let err = format!(
+                "{:#}",
+                RelayConfig::parse(&text, Path::new(".")).unwrap_err()
+            );
+            assert!(err.contains(expected), "expected {expected:?} in {err}");
+        }
+    }
+}

@@ -1,0 +1,6 @@
+//! The relay protocol's session: byte accounting ([`state`]), local ends ([`local`]) and the
+//! loop that joins them to a WebSocket ([`pump`]). Shared by client and relay.
+
+pub mod local;
+pub mod pump;
+pub mod state;

@@ -1,0 +1,377 @@
+//! The async loop that joins a local byte stream and a WebSocket, driven by [`SessionState`].
+//!
+//! One task, one `select!`: WebSocket reads, local reads, WebSocket writes, local writes and
+//! the idle-ACK timer are separate arms, so a side that blocks never stops the others (a
+//! single loop that awaited its sends inline would deadlock when both peers send at once).
+//! Every arm is cancel safe; buffers that must survive a cancelled arm live in [`Session`].
+
+use std::collections::VecDeque;
+use std::future::poll_fn;
+use std::time::Duration;
+
+use bytes::Bytes;
+use futures_util::{Sink, SinkExt, Stream, StreamExt};
+use tokio::time::{Instant, sleep_until};
+use tokio_tungstenite::tungstenite::Message;
+use tokio_tungstenite::tungstenite::protocol::CloseFrame;
+use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
+use tokio_util::sync::CancellationToken;
+
+use super::local::{LocalInput, LocalOutput};
+use super::state::{AckError, SessionState};
+use crate::close;
+use crate::frame::{self, Frame};
+
+/// Send an idle ACK this long after the last DATA if nothing else acknowledged it.
+pub const IDLE_ACK_DELAY: Duration = Duration::from_millis(20);
+/// After local end of input, how long to wait for the peer to acknowledge what we sent before
+/// closing anyway (gcloud waits 10 s too).
+pub const EOF_ACK_WAIT: Duration = Duration::from_secs(10);
+/// After sending a close, how long to wait for the peer's close reply.
+pub const CLOSE_WAIT: Duration = Duration::from_secs(2);
+/// Received payload bytes queued for the local side before we stop reading the WebSocket.
+const OUTPUT_QUEUE_LIMIT: usize = 256 * 1024;
+/// Messages queued for the WebSocket before we stop reading local input.
+const OUTBOX_LIMIT: usize = 16;
+
+/// Which end of the protocol this loop plays; they differ in what a peer may send.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Role {
+    /// `iap-ssh` (or gcloud): the peer is a relay.
+    Client,
+    /// `iap-relay`: the peer is a client; stricter, and its violations get relay close codes.
+    Relay,
+}
+
+/// A session's data that outlives one WebSocket: counters, resend buffer, local ends.
+#[derive(Debug)]
+pub struct Session<I, O> {
+    /// Byte accounting and the resend buffer.
+    pub state: SessionState,
+    /// Where our outgoing bytes come from.
+    pub input: I,
+    /// Where received bytes go.
+    pub output: O,
+    out: OutQueue,
+    input_done: bool,
+}
+
+/// Received payloads waiting for the local side, with their total size.
+#[derive(Debug, Default)]
+struct OutQueue {
+    queue: VecDeque<Bytes>,
+    bytes: usize,
+}
+
+/// Why [`run`] returned.
+#[derive(Debug)]
+pub enum PumpEnd {
+    /// Local input ended; everything was delivered and we closed the WebSocket.
+    LocalEof,
+    /// The peer closed the WebSocket with this code and reason.
+    PeerClosed {
+        /// The close code (1005 when the frame had none).
+        code: u16,
+        /// The reason text (possibly from a LONG_CLOSE message).
+        reason: String,
+    },
+    /// The WebSocket broke without a close frame.
+    TransportLost(String),
+    /// Reading local input or writing local output failed; we closed with `code`.
+    LocalFailed {
+        /// Which side failed and why.
+        error: String,
+        /// The close code we sent.
+        code: u16,
+    },
+    /// The peer broke the protocol; we closed with `code`.
+    Violation {
+        /// What was wrong.
+        detail: String,
+        /// The close code we sent.
+        code: u16,
+    },
+    /// The stop signal fired; we closed with 1001.
+    Cancelled,
+}
+
+impl<I, O: LocalOutput> Session<I, O> {
+    /// A new session over the given local ends, buffering at most `max_unacked` bytes.
+    pub fn new(input: I, output: O, max_unacked: usize) -> Self {
+        Session {
+            state: SessionState::new(max_unacked),
+            input,
+            output,
+            out: OutQueue::default(),
+            input_done: false,
+        }
+    }
+
+    /// Writes out whatever received bytes are still queued for the local side.
+    ///
+    /// # Errors
+    /// The local write error.
+    pub async fn drain_output(&mut self) -> std::io::Result<()> {
+        while !self.out.queue.is_empty() {
+            write_front(&mut self.output, &mut self.out).await?;
+        }
+        Ok(())
+    }
+
+    fn queue_output(&mut self, payload: Bytes) {
+        self.out.bytes += payload.len();
+        self.out.queue.push_back(payload);
+    }
+}
+
+fn close_message(code: u16, reason: &str) -> Message {
+    Message::Close(Some(CloseFrame {
+        code: CloseCode::from(code),
+        reason: reason.to_owned().into(),
+    }))
+}
+
+/// Moves bytes between `session`'s local ends and `ws` until one side ends.
+///
+/// `eof_close` is the close code sent after local input ends (1000 for a client; the relay
+/// also sends 1000 when the backend closes in order).
+pub async fn run<I, O, W, E>(
+    session: &mut Session<I, O>,
+    ws: W,
+    role: Role,
+    eof_close: u16,
+    cancel: &CancellationToken,
+) -> PumpEnd
+where
+    I: LocalInput,
+    O: LocalOutput,
+    W: Sink<Message, Error = E> + Stream<Item = Result<Message, E>> + Unpin,
+    E: std::fmt::Display,
+{
+    let (mut sink, mut stream) = ws.split();
+    let mut outbox: VecDeque<Message> = VecDeque::new();
+    let mut need_flush = false;
+    let mut ack_at: Option<Instant> = None;
+    let mut eof_deadline: Option<Instant> =
+        session.input_done.then(|| Instant::now() + EOF_ACK_WAIT);
+    let mut close_sent: Option<(Instant, PumpEnd)> = None;
+    let mut long_close_reason: Option<String> = None;
+
+    // A session resumed after local EOF may already have nothing left to send.
+    loop {
+        if close_sent.is_none()
+            && session.input_done
+            && outbox.is_empty()
+            && (session.state.unacked() == 0 || eof_deadline.is_some_and(|d| d <= Instant::now()))
+        {
+            outbox.push_back(close_message(eof_close, ""));
+            close_sent = Some((Instant::now() + CLOSE_WAIT, PumpEnd::LocalEof));
+        }
+
+        let read_ws = session.out.bytes < OUTPUT_QUEUE_LIMIT;
+        let read_local = !session.input_done
+            && close_sent.is_none()
+            && session.state.can_send()
+            && outbox.len() < OUTBOX_LIMIT;
+        let write_ws = !outbox.is_empty() || need_flush;
+        let write_local = !session.out.queue.is_empty();
+        let close_deadline = close_sent.as_ref().map(|(d, _)| *d);
+
+        tokio::select! {
+            () = cancel.cancelled(), if close_sent.is_none() => {
+                outbox.clear();
+                outbox.push_back(close_message(1001, "shutting down"));
+                close_sent = Some((Instant::now() + CLOSE_WAIT, PumpEnd::Cancelled));
+            }
+            msg = stream.next(), if read_ws => {
+                let msg = match msg {
+                    Some(Ok(msg)) => msg,
+                    Some(Err(e)) => return finish_closing(close_sent, PumpEnd::TransportLost(e.to_string())),
+                    None => return finish_closing(close_sent, PumpEnd::TransportLost("connection closed without a close frame".into())),
+                };
+                match msg {
+                    Message::Binary(bytes) => {
+                        match on_binary(session, &bytes, role, &mut long_close_reason) {
+                            Inbound::Nothing => {}
+                            Inbound::Data { ack_now } => {
+                                if let Some(n) = ack_now {
+                                    outbox.push_back(Message::Binary(frame::ack(n)));
+                                    ack_at = None;
+                                } else if ack_at.is_none() {
+                                    ack_at = Some(Instant::now() + IDLE_ACK_DELAY);
+                                }
+                            }
+                            Inbound::Violation { detail, code } => {
+                                if close_sent.is_none() {
+                                    outbox.push_back(close_message(code, close::reason_text(code)));
+                                    close_sent = Some((Instant::now() + CLOSE_WAIT, PumpEnd::Violation { detail, code }));
+                                }
+                            }
+                        }
+                    }
+                    Message::Close(frame) => {
+                        let (code, reason) = match frame {
+                            Some(f) => (u16::from(f.code), f.reason.to_string()),
+                            None => (1005, String::new()),
+                        };
+                        let reason = if reason.is_empty() { long_close_reason.take().unwrap_or_default() } else { reason };
+                        // tungstenite has queued the close reply; push it out, briefly.
+                        let _ = tokio::time::timeout(CLOSE_WAIT, sink.flush()).await;
+                        return match close_sent {
+                            Some((_, end)) => end,
+                            None => PumpEnd::PeerClosed { code, reason },
+                        };
+                    }
+                    Message::Ping(_) => need_flush = true, // the automatic pong must go out
+                    Message::Pong(_) => {}
+                    Message::Text(_) => {
+                        let code = match role { Role::Relay => close::INVALID_WEBSOCKET_OPCODE, Role::Client => 1003 };
+                        if close_sent.is_none() {
+                            outbox.push_back(close_message(code, close::reason_text(code)));
+                            close_sent = Some((Instant::now() + CLOSE_WAIT, PumpEnd::Violation { detail: "peer sent a text message".into(), code }));
+                        }
+                    }
+                    Message::Frame(_) => {}
+                }
+            }
+            read = session.input.read_message(), if read_local => match read {
+                Ok(Some(message)) => {
+                    session.state.record_sent(message.clone());
+                    outbox.push_back(Message::Binary(message));
+                }
+                Ok(None) => {
+                    session.input_done = true;
+                    eof_deadline = Some(Instant::now() + EOF_ACK_WAIT);
+                }
+                Err(e) => {
+                    let code = match role { Role::Relay => close::DESTINATION_READ_FAILED, Role::Client => 1000 };
+                    outbox.push_back(close_message(code, close::reason_text(code)));
+                    close_sent = Some((Instant::now() + CLOSE_WAIT, PumpEnd::LocalFailed { error: format!("reading local input: {e}"), code }));
+                }
+            },
+            sent = send_outbox(&mut sink, &mut outbox), if write_ws => {
+                need_flush = false;
+                if let Err(e) = sent {
+                    return finish_closing(close_sent, PumpEnd::TransportLost(e));
+                }
+            }
+            written = write_front(&mut session.output, &mut session.out), if write_local => {
+                if let Err(e) = written {
+                    let code = match role { Role::Relay => close::DESTINATION_WRITE_FAILED, Role::Client => 1000 };
+                    session.out = OutQueue::default();
+                    if close_sent.is_none() {
+                        outbox.clear();
+                        outbox.push_back(close_message(code, close::reason_text(code)));
+                        close_sent = Some((Instant::now() + CLOSE_WAIT, PumpEnd::LocalFailed { error: format!("writing local output: {e}"), code }));
+                    }
+                }
+            }
+            () = sleep_until(ack_at.unwrap_or_else(Instant::now)), if ack_at.is_some() => {
+                ack_at = None;
+                if close_sent.is_none() && let Some(n) = session.state.idle_ack() {
+                    outbox.push_back(Message::Binary(frame::ack(n)));
+                }
+            }
+            () = sleep_until(eof_deadline.unwrap_or_else(Instant::now)), if eof_deadline.is_some() && close_sent.is_none() => {
+                // Loop head closes now that the deadline has passed.
+                eof_deadline = Some(Instant::now());
+            }
+            () = sleep_until(close_deadline.unwrap_or_else(Instant::now)), if close_deadline.is_some() => {
+                return close_sent.map(|(_, end)| end).unwrap_or(PumpEnd::LocalEof);
+            }
+        }
+    }
+}
+
+/// After our close went out, a dropped connection is the expected end, not a loss.
+fn finish_closing(close_sent: Option<(Instant, PumpEnd)>, lost: PumpEnd) -> PumpEnd {
+    close_sent.map(|(_, end)| end).unwrap_or(lost)
+}
+
+enum Inbound {
+    Nothing,
+    Data { ack_now: Option<u64> },
+    Violation { detail: String, code: u16 },
+}
+
+fn violation(role: Role, relay_code: u16, detail: String) -> Inbound {
+    // A client closing on a broken relay uses the generic protocol-error code.
+    let code = match role {
+        Role::Relay => relay_code,
+        Role::Client => 1002,
+    };
+    Inbound::Violation { detail, code }
+}
+
+fn on_binary<I, O: LocalOutput>(
+    session: &mut Session<I, O>,
+    bytes: &Bytes,
+    role: Role,
+    long_close_reason: &mut Option<String>,
+) -> Inbound {
+    match Frame::decode(bytes) {
+        Ok(Frame::Data(payload)) => {
+            let ack_now = session.state.on_data(payload.len());
+            session.queue_output(bytes.slice_ref(payload));
+            Inbound::Data { ack_now }
+        }
+        Ok(Frame::Ack(n)) => match session.state.on_ack(n) {
+            Ok(()) => Inbound::Nothing,
+            Err(e @ AckError::Backwards { .. }) => violation(role, close::BAD_ACK, e.to_string()),
+            Err(e) => violation(role, close::INVALID_ACK, e.to_string()),
+        },
+        Ok(Frame::LongClose { reason, .. }) if role == Role::Client => {
+            *long_close_reason = Some(String::from_utf8_lossy(reason).into_owned());
+            Inbound::Nothing
+        }
+        Ok(Frame::Unknown(_)) if role == Role::Client => Inbound::Nothing,
+        Ok(other) => violation(
+            role,
+            close::INVALID_TAG,
+            format!("unexpected {other:?} in an established session"),
+        ),
+        Err(e) => violation(role, close::INVALID_DATA, e.to_string()),
+    }
+}
+
+/// Writes part of the oldest queued payload. Cancel safe: the queue is updated only by what
+/// `write_some` reports as written.
+async fn write_front<O: LocalOutput>(output: &mut O, out: &mut OutQueue) -> std::io::Result<()> {
+    let Some(front) = out.queue.front_mut() else {
+        return Ok(());
+    };
+    let before = front.len();
+    let result = output.write_some(front).await;
+    out.bytes -= before - front.len();
+    if front.is_empty() {
+        out.queue.pop_front();
+    }
+    result
+}
+
+/// Hands queued messages to the WebSocket and flushes. Cancel safe: a message leaves the
+/// queue only once the sink has accepted it.
+async fn send_outbox<S, E>(sink: &mut S, outbox: &mut VecDeque<Message>) -> Result<(), String>
+where
+    S: Sink<Message, Error = E> + Unpin,
+    E: std::fmt::Display,
+{
+    poll_fn(|cx| {
+        while !outbox.is_empty() {
+            match sink.poll_ready_unpin(cx) {
+                std::task::Poll::Ready(Ok(())) => {}
+                std::task::Poll::Ready(Err(e)) => {
+                    return std::task::Poll::Ready(Err(e.to_string()));
+                }
+                std::task::Poll::Pending => return std::task::Poll::Pending,
+            }
+            if let Some(msg) = outbox.pop_front()
+                && let Err(e) = sink.start_send_unpin(msg)
+            {
+                return std::task::Poll::Ready(Err(e.to_string()));
+            }
+        }
+        sink.poll_flush_unpin(cx).map_err(|e| e.to_string())
+    })
+    .await
+}
