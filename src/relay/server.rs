@@ -169,6 +169,8 @@ async fn upgrade(relay: &Relay, stream: TcpStream) -> anyhow::Result<(ServerSock
         None => Either::Right(stream),
     };
     let mut accepted = None;
+    // tungstenite fixes the callback's error type; it is built once per refused upgrade.
+    #[allow(clippy::result_large_err)]
     let callback = |req: &Request, resp: Response| -> Result<Response, ErrorResponse> {
         let (resp, result) = check_upgrade(relay, req, resp)?;
         accepted = Some(result);
@@ -199,6 +201,7 @@ fn reject(status: StatusCode, log_reason: &str) -> ErrorResponse {
     resp
 }
 
+#[allow(clippy::result_large_err)] // the error is tungstenite's response type, returned as is
 fn check_upgrade(
     relay: &Relay,
     req: &Request,
