@@ -4,9 +4,9 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use argh::FromArgs;
+use iap_ssh::client::config::TargetArgs;
 use iap_ssh::client::{Options, stdio};
 use iap_ssh::close::ExitKind;
-use iap_ssh::target::TargetArgs;
 use tokio_util::sync::CancellationToken;
 
 /// tunnel ssh (or any tcp) through Identity-Aware Proxy TCP forwarding. stdin/stdout carry the

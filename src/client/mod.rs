@@ -1,6 +1,7 @@
 //! The `iap-ssh` client: credentials, dialing, tunnels, and the stdio mode.
 
 pub mod auth;
+pub mod config;
 pub mod dial;
 pub mod stdio;
 pub mod tunnel;
@@ -8,8 +9,8 @@ pub mod tunnel;
 use std::path::PathBuf;
 
 use crate::close::ExitKind;
-use crate::target::{self, Fallback, TargetArgs};
 use auth::Credentials;
+use config::{Fallback, TargetArgs};
 use dial::{Dialer, Endpoint};
 use tunnel::{Failure, TunnelConfig};
 
@@ -50,7 +51,7 @@ impl Options {
         if self.port == 0 {
             return Err(usage("PORT must be between 1 and 65535".to_owned()));
         }
-        let target = target::resolve(&self.target, env, &Fallback::default())
+        let target = config::resolve(&self.target, env, &Fallback::default())
             .map_err(|e| usage(e.to_string()))?;
         let endpoint = Endpoint::parse(self.endpoint.as_deref().unwrap_or(dial::DEFAULT_ENDPOINT))
             .map_err(|e| usage(format!("{e:#}")))?;
