@@ -84,6 +84,7 @@ impl Options {
             target,
             port: self.port,
             credentials,
+            resume: tunnel::ResumeSettings::default(),
         })
     }
 }

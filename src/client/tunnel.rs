@@ -2,7 +2,7 @@
 //! end into an exit status and a one-line message.
 
 use std::fmt;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use futures_util::StreamExt;
 use tokio_tungstenite::tungstenite::Message;
@@ -13,7 +13,7 @@ use super::dial::{Dialer, RelaySocket};
 use crate::close::{self, Disposition, ExitKind};
 use crate::frame::Frame;
 use crate::session::local::{LocalInput, LocalOutput};
-use crate::session::pump::{self, PumpEnd, Role, Session};
+use crate::session::pump::{self, Attach, Keepalive, PumpEnd, Role, Session};
 use crate::target::Target;
 
 /// How long to wait for the relay's first message (gcloud waits 60 s too: the relay dials the
@@ -46,6 +46,29 @@ impl Failure {
     }
 }
 
+/// How a tunnel survives a lost connection.
+#[derive(Clone, Copy, Debug)]
+pub struct ResumeSettings {
+    /// Give up resuming after this long without a working connection (gcloud: 15 min).
+    pub budget: Duration,
+    /// Dead-path detection; `None` relies on TCP errors alone.
+    pub keepalive: Option<Keepalive>,
+}
+
+impl Default for ResumeSettings {
+    fn default() -> Self {
+        ResumeSettings {
+            budget: Duration::from_secs(15 * 60),
+            keepalive: Some(Keepalive::default()),
+        }
+    }
+}
+
+/// First retry after a loss: quick, since most drops are one-off resets.
+const FIRST_RETRY: Duration = Duration::from_millis(100);
+/// Longest pause between reconnect attempts.
+const MAX_RETRY: Duration = Duration::from_secs(20);
+
 /// What a client tunnel needs: where, what, and with which credentials.
 #[derive(Debug)]
 pub struct TunnelConfig {
@@ -57,6 +80,14 @@ pub struct TunnelConfig {
     pub port: u16,
     /// Where tokens come from.
     pub credentials: Credentials,
+    /// Reconnect behaviour.
+    pub resume: ResumeSettings,
+}
+
+/// The relay's first message on a new WebSocket.
+enum Opened {
+    Sid(String),
+    ResumedAt(u64),
 }
 
 impl TunnelConfig {
@@ -67,64 +98,178 @@ impl TunnelConfig {
         }
     }
 
-    /// Opens a new session and waits for its id.
-    ///
-    /// # Errors
-    /// A [`Failure`] for a token, dial, or relay refusal (close codes such as 4033).
-    pub async fn connect(&self) -> Result<(RelaySocket, String), Failure> {
-        let token = self.credentials.token().await.map_err(|e| Failure {
-            kind: ExitKind::Authentication,
-            message: format!("{e:#}"),
-        })?;
-        let query = self.target.connect_query(self.port);
-        let mut ws = self
-            .dialer
-            .open("connect", &query, &token)
+    /// Opens `/v4/<path>` with a fresh token and reads the relay's first message.
+    async fn open(&self, path: &str, query: &str) -> Result<(RelaySocket, Opened), Failure> {
+        self.try_open(path, query)
             .await
-            .map_err(|e| Failure {
+            .map_err(|(failure, _)| failure)
+    }
+
+    /// Like [`open`](Self::open), also telling whether a failure is worth retrying during a
+    /// resume: network trouble is, refusals by the relay are not, except 4004.
+    async fn try_open(
+        &self,
+        path: &str,
+        query: &str,
+    ) -> Result<(RelaySocket, Opened), (Failure, Retry)> {
+        let token = self.credentials.token().await.map_err(|e| {
+            let failure = Failure {
+                kind: ExitKind::Authentication,
+                message: format!("{e:#}"),
+            };
+            (failure, Retry::No)
+        })?;
+        let mut ws = self.dialer.open(path, query, &token).await.map_err(|e| {
+            let retry = if e.kind == ExitKind::Other {
+                Retry::Yes
+            } else {
+                Retry::No
+            };
+            let failure = Failure {
                 kind: e.kind,
                 message: e.message,
-            })?;
+            };
+            (failure, retry)
+        })?;
         let first = tokio::time::timeout(FIRST_FRAME_TIMEOUT, ws.next())
             .await
             .map_err(|_| {
-                Failure::other(format!(
+                let failure = Failure::other(format!(
                     "the relay at {} did not confirm the tunnel to {} within {}s",
                     self.dialer.endpoint.authority(),
                     self.target.describe(self.port),
                     FIRST_FRAME_TIMEOUT.as_secs()
-                ))
+                ));
+                (failure, Retry::Yes)
             })?;
-        match first {
-            Some(Ok(Message::Binary(bytes))) => match Frame::decode(&bytes) {
-                Ok(Frame::ConnectSuccessSid(sid)) => {
-                    Ok((ws, String::from_utf8_lossy(sid).into_owned()))
+        let violation = |m: String| (Failure::other(m), Retry::No);
+        let opened = match first {
+            Some(Ok(Message::Binary(bytes))) => match (Frame::decode(&bytes), path) {
+                (Ok(Frame::ConnectSuccessSid(sid)), "connect") => {
+                    Opened::Sid(String::from_utf8_lossy(sid).into_owned())
                 }
-                Ok(other) => Err(Failure::other(format!(
-                    "the relay broke the protocol: its first message was {other:?}, not a session id"
-                ))),
-                Err(e) => Err(Failure::other(format!("the relay broke the protocol: {e}"))),
+                (Ok(Frame::ReconnectSuccessAck(n)), "reconnect") => Opened::ResumedAt(n),
+                (Ok(other), _) => {
+                    return Err(violation(format!(
+                        "the relay broke the protocol: its first message was {other:?}, not a session id"
+                    )));
+                }
+                (Err(e), _) => return Err(violation(format!("the relay broke the protocol: {e}"))),
             },
             Some(Ok(Message::Close(frame))) => {
                 let (code, reason) = frame
                     .map(|f| (u16::from(f.code), f.reason.to_string()))
                     .unwrap_or((1005, String::new()));
-                Err(self.close_failure(code, &reason))
+                let retry = if code == close::REAUTHENTICATION_REQUIRED {
+                    Retry::FreshToken
+                } else {
+                    Retry::No
+                };
+                return Err((self.close_failure(code, &reason), retry));
             }
-            Some(Ok(other)) => Err(Failure::other(format!(
-                "the relay broke the protocol: its first message was a {} message, not a session id",
-                message_kind(&other)
-            ))),
-            Some(Err(e)) => Err(Failure::other(format!(
-                "the connection to the relay failed before the tunnel opened: {e}"
-            ))),
-            None => Err(Failure::other(
-                "the relay closed the connection before the tunnel opened".to_owned(),
+            Some(Ok(other)) => {
+                return Err(violation(format!(
+                    "the relay broke the protocol: its first message was a {} message, not a session id",
+                    message_kind(&other)
+                )));
+            }
+            Some(Err(e)) => {
+                let failure = Failure::other(format!(
+                    "the connection to the relay failed before the tunnel opened: {e}"
+                ));
+                return Err((failure, Retry::Yes));
+            }
+            None => {
+                let failure = Failure::other(
+                    "the relay closed the connection before the tunnel opened".to_owned(),
+                );
+                return Err((failure, Retry::Yes));
+            }
+        };
+        Ok((ws, opened))
+    }
+
+    /// Opens a new session and waits for its id.
+    ///
+    /// # Errors
+    /// A [`Failure`] for a token, dial, or relay refusal (close codes such as 4033).
+    pub async fn connect(&self) -> Result<(RelaySocket, String), Failure> {
+        match self
+            .open("connect", &self.target.connect_query(self.port))
+            .await?
+        {
+            (ws, Opened::Sid(sid)) => Ok((ws, sid)),
+            (_, Opened::ResumedAt(_)) => Err(Failure::other(
+                "the relay broke the protocol: it answered a new session with a resume".to_owned(),
             )),
         }
     }
 
-    /// Runs a whole tunnel over `session`'s local ends.
+    /// Resumes session `sid` on a new WebSocket, retrying with backoff until the budget runs
+    /// out. Returns the socket and the messages to send again.
+    ///
+    /// Only `/v4/reconnect` is used: opening a new session instead could deliver bytes twice.
+    async fn resume<I, O>(
+        &self,
+        sid: &str,
+        session: &mut Session<I, O>,
+        why: &str,
+        cancel: &CancellationToken,
+    ) -> Result<(RelaySocket, Vec<bytes::Bytes>), Failure> {
+        let started = Instant::now();
+        let mut pause = FIRST_RETRY;
+        let mut attempts = 0u32;
+        loop {
+            attempts += 1;
+            let query = self.target.reconnect_query(sid, session.state.received());
+            let attempt = tokio::select! {
+                opened = self.try_open("reconnect", &query) => opened,
+                () = cancel.cancelled() => return Err(Failure::other("interrupted while resuming the tunnel".to_owned())),
+            };
+            match attempt {
+                Ok((ws, Opened::ResumedAt(relay_has))) => {
+                    let resend = session.state.resume(relay_has).map_err(|e| {
+                        Failure::other(format!("the relay cannot resume the tunnel: {e}"))
+                    })?;
+                    tracing::info!(
+                        sid = %sid,
+                        attempts,
+                        resent_bytes = session.state.unacked(),
+                        after_ms = started.elapsed().as_millis() as u64,
+                        "tunnel resumed"
+                    );
+                    return Ok((ws, resend));
+                }
+                Ok((_, Opened::Sid(_))) => {
+                    return Err(Failure::other(
+                        "the relay broke the protocol: it answered a resume with a new session"
+                            .to_owned(),
+                    ));
+                }
+                Err((failure, Retry::No)) => return Err(failure),
+                // A relay that keeps asking for a fresh token is not going to take ours.
+                Err((failure, Retry::FreshToken)) if attempts > 3 => return Err(failure),
+                Err((failure, _)) => {
+                    if started.elapsed() + pause > self.resume.budget {
+                        return Err(Failure::other(format!(
+                            "lost the connection to the relay at {} ({why}) and could not resume within {}s: {}",
+                            self.dialer.endpoint.authority(),
+                            self.resume.budget.as_secs(),
+                            failure.message
+                        )));
+                    }
+                    tracing::debug!(attempts, error = %failure.message, "resume attempt failed");
+                }
+            }
+            tokio::select! {
+                () = tokio::time::sleep(jitter(pause)) => {}
+                () = cancel.cancelled() => return Err(Failure::other("interrupted while resuming the tunnel".to_owned())),
+            }
+            pause = (pause * 2).min(MAX_RETRY);
+        }
+    }
+
+    /// Runs a whole tunnel over `session`'s local ends, resuming after connection losses.
     ///
     /// # Errors
     /// A [`Failure`] whenever the tunnel did not end in order.
@@ -133,34 +278,59 @@ impl TunnelConfig {
         session: &mut Session<I, O>,
         cancel: &CancellationToken,
     ) -> Result<(), Failure> {
-        let (ws, sid) = tokio::select! {
+        let (mut ws, sid) = tokio::select! {
             connected = self.connect() => connected?,
             () = cancel.cancelled() => return Err(Failure::other("interrupted before the tunnel opened".to_owned())),
         };
         tracing::debug!(sid = %sid, target = %self.target.describe(self.port), "tunnel open");
-        let end = pump::run(session, ws, Role::Client, close::NORMAL, cancel).await;
-        tracing::debug!(
-            ?end,
-            sent = session.state.sent(),
-            received = session.state.received(),
-            "tunnel ended"
-        );
-        let result = match end {
-            PumpEnd::LocalEof | PumpEnd::Cancelled => Ok(()),
-            PumpEnd::PeerClosed { code, reason } => match close::disposition(code) {
-                Disposition::Finished => Ok(()),
-                Disposition::Resumable | Disposition::Fatal => {
-                    Err(self.close_failure(code, &reason))
+        let mut resend = Vec::new();
+        let result = loop {
+            let mut attach = Attach::new(Role::Client, cancel);
+            attach.resend = std::mem::take(&mut resend);
+            attach.keepalive = self.resume.keepalive;
+            let end = pump::run(session, ws, attach).await;
+            tracing::debug!(
+                ?end,
+                sent = session.state.sent(),
+                received = session.state.received(),
+                "connection ended"
+            );
+            if end.resumable() {
+                let why = match &end {
+                    PumpEnd::PeerClosed { code, .. } => format!("close {code}"),
+                    PumpEnd::TransportLost(detail) => detail.clone(),
+                    other => format!("{other:?}"),
+                };
+                tracing::info!(sid = %sid, reason = %why, "connection lost, resuming");
+                match self.resume(&sid, session, &why, cancel).await {
+                    Ok((new_ws, frames)) => {
+                        ws = new_ws;
+                        resend = frames;
+                        continue;
+                    }
+                    Err(e) => break Err(e),
                 }
-            },
-            PumpEnd::TransportLost(detail) => Err(Failure::other(format!(
-                "lost the connection to the relay at {}: {detail}",
-                self.dialer.endpoint.authority()
-            ))),
-            PumpEnd::LocalFailed { error, .. } => Err(Failure::other(error)),
-            PumpEnd::Violation { detail, .. } => Err(Failure::other(format!(
-                "the relay broke the protocol: {detail}"
-            ))),
+            }
+            break match end {
+                PumpEnd::LocalEof | PumpEnd::Cancelled => Ok(()),
+                PumpEnd::PeerClosed { code, reason } => match close::disposition(code) {
+                    Disposition::Finished => Ok(()),
+                    Disposition::Resumable | Disposition::Fatal => {
+                        Err(self.close_failure(code, &reason))
+                    }
+                },
+                PumpEnd::TransportLost(detail) => Err(Failure::other(format!(
+                    "lost the connection to the relay at {}: {detail}",
+                    self.dialer.endpoint.authority()
+                ))),
+                PumpEnd::LocalFailed { error, .. } => Err(Failure::other(error)),
+                PumpEnd::Violation { detail, .. } => Err(Failure::other(format!(
+                    "the relay broke the protocol: {detail}"
+                ))),
+                PumpEnd::Detached { code } => Err(Failure::other(format!(
+                    "the tunnel was detached with code {code}"
+                ))),
+            };
         };
         // Whatever arrived before the end still belongs to the user.
         if let Err(e) = session.drain_output().await
@@ -170,6 +340,24 @@ impl TunnelConfig {
         }
         result
     }
+}
+
+/// Whether a failed resume attempt is worth another try.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Retry {
+    /// Network trouble: try again after a pause.
+    Yes,
+    /// The relay asked for re-authentication (4004): try again with a fresh token.
+    FreshToken,
+    /// A refusal or protocol violation: final.
+    No,
+}
+
+/// `pause` plus up to 25 % random extra, so clients cut off together do not return together.
+fn jitter(pause: Duration) -> Duration {
+    let mut byte = [0u8; 1];
+    let _ = ring::rand::SecureRandom::fill(&ring::rand::SystemRandom::new(), &mut byte);
+    pause + pause.mul_f64(f64::from(byte[0]) / 1024.0)
 }
 
 fn message_kind(m: &Message) -> &'static str {

@@ -93,6 +93,11 @@ pub struct Limits {
     pub max_connections: usize,
     /// Unacknowledged backend bytes held per session.
     pub max_unacked_bytes: usize,
+    /// Seconds a session whose WebSocket dropped waits for its client to resume it.
+    pub resume_window_secs: u64,
+    /// When set, every this many seconds a session's WebSocket is closed with 4004 so the
+    /// client resumes with a fresh token (continuous authentication).
+    pub reauthenticate_after_secs: Option<u64>,
 }
 
 impl Default for Limits {
@@ -102,6 +107,8 @@ impl Default for Limits {
             backend_connect_timeout_secs: 20,
             max_connections: 10_000,
             max_unacked_bytes: crate::session::state::DEFAULT_MAX_UNACKED,
+            resume_window_secs: 60,
+            reauthenticate_after_secs: None,
         }
     }
 }

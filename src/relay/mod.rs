@@ -6,3 +6,4 @@ pub mod config;
 pub mod inventory;
 pub mod policy;
 pub mod server;
+pub mod sessions;

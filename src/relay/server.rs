@@ -6,13 +6,14 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
-use futures_util::StreamExt;
+use futures_util::{SinkExt, StreamExt};
 use rustls_pki_types::pem::PemObject;
 use rustls_pki_types::{CertificateDer, PrivateKeyDer};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::Semaphore;
 use tokio_rustls::TlsAcceptor;
 use tokio_tungstenite::WebSocketStream;
+use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::tungstenite::handshake::server::{ErrorResponse, Request, Response};
 use tokio_tungstenite::tungstenite::http::{HeaderValue, StatusCode, header};
 use tokio_tungstenite::tungstenite::protocol::CloseFrame;
@@ -24,11 +25,12 @@ use tracing::{Instrument, info, info_span, warn};
 use super::authn;
 use super::config::RelayConfig;
 use super::policy::{Decision, decide};
+use super::sessions::{Parked, Registry, SessionInfo};
 use crate::client::dial::{SUBPROTOCOL, websocket_config};
 use crate::close;
 use crate::frame::Frame;
 use crate::session::local::{TcpInput, TcpOutput};
-use crate::session::pump::{self, PumpEnd, Role, Session};
+use crate::session::pump::{self, Attach, Detach, PumpEnd, Role, Session};
 use crate::target::{self, Target};
 
 /// How long shutdown waits for live tunnels to close before giving up on them.
@@ -42,6 +44,7 @@ const ACCEPT_BACKOFF: Duration = Duration::from_millis(100);
 pub struct Relay {
     config: RelayConfig,
     tls: Option<TlsAcceptor>,
+    sessions: Arc<Registry>,
 }
 
 impl std::fmt::Debug for Relay {
@@ -63,7 +66,11 @@ impl Relay {
             Some((cert, key)) => Some(TlsAcceptor::from(server_tls(cert, key)?)),
             None => None,
         };
-        Ok(Relay { config, tls })
+        Ok(Relay {
+            config,
+            tls,
+            sessions: Arc::default(),
+        })
     }
 
     /// The URL scheme clients use: `wss` with TLS, else `ws`.
@@ -152,7 +159,7 @@ pub async fn serve(relay: Arc<Relay>, listener: TcpListener, cancel: Cancellatio
 /// What the upgrade request asked for, once authenticated.
 enum Request_ {
     Connect { target: Target, port: u16 },
-    Reconnect { sid: String },
+    Reconnect { sid: String, ack: u64 },
 }
 
 struct Accepted {
@@ -230,7 +237,10 @@ fn check_upgrade(
     } else {
         let q = target::parse_reconnect_query(query)
             .map_err(|e| reject(StatusCode::BAD_REQUEST, &e.to_string()))?;
-        Request_::Reconnect { sid: q.sid }
+        Request_::Reconnect {
+            sid: q.sid,
+            ack: q.ack,
+        }
     };
     let offers_subprotocol = req
         .headers()
@@ -277,7 +287,7 @@ fn new_session_id() -> String {
 
 async fn handle(relay: &Relay, stream: TcpStream, cancel: &CancellationToken) {
     let limit = Duration::from_secs(relay.config.limits.handshake_timeout_secs);
-    let (mut ws, accepted) = match tokio::time::timeout(limit, upgrade(relay, stream)).await {
+    let (ws, accepted) = match tokio::time::timeout(limit, upgrade(relay, stream)).await {
         Ok(Ok(upgraded)) => upgraded,
         Ok(Err(e)) => {
             info!(error = %format!("{e:#}"), "handshake failed");
@@ -289,14 +299,22 @@ async fn handle(relay: &Relay, stream: TcpStream, cancel: &CancellationToken) {
         }
     };
     let principal = accepted.principal;
-    let (target, port) = match accepted.request {
-        Request_::Connect { target, port } => (target, port),
-        Request_::Reconnect { sid } => {
-            info!(%principal, sid = %sid, code = close::SID_UNKNOWN, "reconnect refused: no resumable session");
-            close_with(&mut ws, close::SID_UNKNOWN).await;
-            return;
+    match accepted.request {
+        Request_::Connect { target, port } => {
+            connect(relay, ws, principal, target, port, cancel).await
         }
-    };
+        Request_::Reconnect { sid, ack } => reconnect(relay, ws, principal, sid, ack, cancel).await,
+    }
+}
+
+async fn connect(
+    relay: &Relay,
+    mut ws: ServerSocket,
+    principal: String,
+    target: Target,
+    port: u16,
+    cancel: &CancellationToken,
+) {
     let described = target.describe(port);
     let binding = match decide(&relay.config.policy, &principal, &target, port) {
         Decision::Allow { binding } => binding,
@@ -328,31 +346,127 @@ async fn handle(relay: &Relay, stream: TcpStream, cancel: &CancellationToken) {
     };
     let _ = backend.set_nodelay(true);
     let sid = new_session_id();
-    if let Err(e) = futures_util::SinkExt::send(
-        &mut ws,
-        tokio_tungstenite::tungstenite::Message::Binary(
+    if let Err(e) = ws
+        .send(Message::Binary(
             Frame::ConnectSuccessSid(sid.as_bytes()).to_bytes(),
-        ),
-    )
-    .await
+        ))
+        .await
     {
         info!(%principal, sid = %sid, error = %e, "client went away before the session started");
         return;
     }
     info!(%principal, target = %described, %binding, sid = %sid, "connect");
-    let started = Instant::now();
+    let detach = relay.sessions.attach_new(&sid, &principal);
     let (read, write) = backend.into_split();
-    let mut session = Session::new(
-        TcpInput::new(read),
-        TcpOutput::new(write),
-        relay.config.limits.max_unacked_bytes,
+    let parked = Parked {
+        session: Session::new(
+            TcpInput::new(read),
+            TcpOutput::new(write),
+            relay.config.limits.max_unacked_bytes,
+        ),
+        info: SessionInfo {
+            sid,
+            principal,
+            target: described,
+            started: Instant::now(),
+            resumes: 0,
+        },
+    };
+    drive(relay, ws, parked, &detach, Vec::new(), cancel).await;
+}
+
+/// How long a reconnect waits for the WebSocket that still holds its session to let go.
+const TAKEOVER_WAIT: Duration = Duration::from_secs(5);
+
+async fn reconnect(
+    relay: &Relay,
+    mut ws: ServerSocket,
+    principal: String,
+    sid: String,
+    ack: u64,
+    cancel: &CancellationToken,
+) {
+    let (mut parked, detach) = match relay.sessions.claim(&sid, &principal, TAKEOVER_WAIT).await {
+        Ok(claimed) => claimed,
+        Err(e) => {
+            let code = e.close_code();
+            info!(%principal, sid = %sid, code, reason = ?e, "reconnect refused");
+            close_with(&mut ws, code).await;
+            return;
+        }
+    };
+    let resend = match parked.session.state.resume(ack) {
+        Ok(resend) => resend,
+        Err(e) => {
+            // The client asks for bytes we no longer hold (or never sent): the stream cannot
+            // continue intact, so the session ends.
+            relay.sessions.remove(&sid);
+            close_with(&mut ws, close::FAILED_TO_REWIND).await;
+            log_close(&parked, close::FAILED_TO_REWIND, &e.to_string());
+            return;
+        }
+    };
+    let received = parked.session.state.received();
+    if let Err(e) = ws
+        .send(Message::Binary(
+            Frame::ReconnectSuccessAck(received).to_bytes(),
+        ))
+        .await
+    {
+        info!(sid = %sid, error = %e, "client went away during resume");
+        park(relay, parked);
+        return;
+    }
+    parked.info.resumes += 1;
+    info!(
+        principal = %parked.info.principal,
+        sid = %sid,
+        resumes = parked.info.resumes,
+        client_has = ack,
+        relay_has = received,
+        resent_bytes = parked.session.state.unacked(),
+        "reconnect"
     );
-    let end = pump::run(&mut session, ws, Role::Relay, close::NORMAL, cancel).await;
+    drive(relay, ws, parked, &detach, resend, cancel).await;
+}
+
+/// Runs one WebSocket attachment of a session, then parks it or ends it.
+async fn drive(
+    relay: &Relay,
+    ws: ServerSocket,
+    mut parked: Parked,
+    detach: &Detach,
+    resend: Vec<bytes::Bytes>,
+    cancel: &CancellationToken,
+) {
+    let mut attach = Attach::new(Role::Relay, cancel);
+    attach.resend = resend;
+    attach.detach = Some(detach);
+    let pump = pump::run(&mut parked.session, ws, attach);
+    let end = match relay.config.limits.reauthenticate_after_secs {
+        Some(secs) => {
+            tokio::pin!(pump);
+            tokio::select! {
+                end = &mut pump => end,
+                () = tokio::time::sleep(Duration::from_secs(secs)) => {
+                    detach.request(close::REAUTHENTICATION_REQUIRED);
+                    pump.await
+                }
+            }
+        }
+        None => pump.await,
+    };
+    if end.resumable() && !cancel.is_cancelled() {
+        info!(sid = %parked.info.sid, end = ?end, "connection lost; session parked for resume");
+        park(relay, parked);
+        return;
+    }
+    relay.sessions.remove(&parked.info.sid);
     if matches!(end, PumpEnd::PeerClosed { .. }) {
         // The client's last bytes must reach the backend before its socket is closed.
         let _ = tokio::time::timeout(BACKEND_DRAIN_WAIT, async {
-            let _ = session.drain_output().await;
-            let _ = crate::session::local::LocalOutput::finish(&mut session.output).await;
+            let _ = parked.session.drain_output().await;
+            let _ = crate::session::local::LocalOutput::finish(&mut parked.session.output).await;
         })
         .await;
     }
@@ -363,16 +477,37 @@ async fn handle(relay: &Relay, stream: TcpStream, cancel: &CancellationToken) {
         PumpEnd::LocalFailed { error, code } => (*code, error.clone()),
         PumpEnd::Violation { detail, code } => (*code, detail.clone()),
         PumpEnd::Cancelled => (1001, "relay shutting down".to_owned()),
+        PumpEnd::Detached { code } => (*code, "detached during shutdown".to_owned()),
     };
+    log_close(&parked, code, &detail);
+}
+
+/// Parks a session and arms the end of its resume window.
+fn park(relay: &Relay, parked: Parked) {
+    let sid = parked.info.sid.clone();
+    let generation = relay.sessions.park(parked);
+    let window = Duration::from_secs(relay.config.limits.resume_window_secs);
+    let sessions = relay.sessions.clone();
+    tokio::spawn(async move {
+        tokio::time::sleep(window).await;
+        if let Some(expired) = sessions.expire(&sid, generation) {
+            log_close(&expired, close::ABNORMAL_CLOSURE, "resume window ended");
+        }
+    });
+}
+
+fn log_close(parked: &Parked, code: u16, detail: &str) {
+    let info = &parked.info;
     info!(
-        %principal,
-        target = %described,
-        sid = %sid,
+        principal = %info.principal,
+        target = %info.target,
+        sid = %info.sid,
         code,
         detail = %detail,
-        bytes_from_client = session.state.received(),
-        bytes_to_client = session.state.sent(),
-        duration_ms = started.elapsed().as_millis() as u64,
+        resumes = info.resumes,
+        bytes_from_client = parked.session.state.received(),
+        bytes_to_client = parked.session.state.sent(),
+        duration_ms = info.started.elapsed().as_millis() as u64,
         "close"
     );
 }

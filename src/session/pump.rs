@@ -7,6 +7,7 @@
 
 use std::collections::VecDeque;
 use std::future::poll_fn;
+use std::sync::atomic::{AtomicU16, Ordering};
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -93,6 +94,102 @@ pub enum PumpEnd {
     },
     /// The stop signal fired; we closed with 1001.
     Cancelled,
+    /// [`Detach`] was requested: we sent its close code and let go of the WebSocket; the
+    /// session can be resumed on another one.
+    Detached {
+        /// The close code sent.
+        code: u16,
+    },
+}
+
+impl PumpEnd {
+    /// Whether the session may continue on a new WebSocket.
+    pub fn resumable(&self) -> bool {
+        match self {
+            PumpEnd::TransportLost(_) | PumpEnd::Detached { .. } => true,
+            PumpEnd::PeerClosed { code, .. } => {
+                close::disposition(*code) == close::Disposition::Resumable
+            }
+            _ => false,
+        }
+    }
+}
+
+/// A request, from outside the pump, to let go of the current WebSocket with a close code
+/// while keeping the session (a relay taking over for a reconnect, or asking for a fresh
+/// token with 4004).
+#[derive(Debug, Default)]
+pub struct Detach {
+    token: CancellationToken,
+    code: AtomicU16,
+}
+
+impl Detach {
+    /// Asks the pump to close with `code` and return [`PumpEnd::Detached`]. The first request
+    /// wins.
+    pub fn request(&self, code: u16) {
+        let _ = self
+            .code
+            .compare_exchange(0, code, Ordering::SeqCst, Ordering::SeqCst);
+        self.token.cancel();
+    }
+
+    /// Whether a detach was requested.
+    pub fn is_requested(&self) -> bool {
+        self.token.is_cancelled()
+    }
+}
+
+/// Dead-path detection for a client: a relay that stops answering is noticed in bounded
+/// time even when TCP never reports an error (a black hole).
+#[derive(Clone, Copy, Debug)]
+pub struct Keepalive {
+    /// Send a WebSocket ping after this long without hearing from the relay.
+    pub interval: Duration,
+    /// Declare the path dead after this long without hearing from the relay while we wait
+    /// for it: sent data not yet acknowledged, or a ping not yet answered (only once the relay
+    /// has shown that it answers pings, so relays that ignore pings still work).
+    pub timeout: Duration,
+}
+
+impl Default for Keepalive {
+    fn default() -> Self {
+        Keepalive {
+            interval: Duration::from_secs(10),
+            timeout: Duration::from_secs(10),
+        }
+    }
+}
+
+/// How one WebSocket attachment of a session is driven.
+#[derive(Debug)]
+pub struct Attach<'a> {
+    /// Which end of the protocol we are.
+    pub role: Role,
+    /// Close code sent after local input ends (1000 for both sides).
+    pub eof_close: u16,
+    /// DATA messages to send before anything else (the resend after a resume).
+    pub resend: Vec<Bytes>,
+    /// Shutdown: close with 1001 and return [`PumpEnd::Cancelled`].
+    pub shutdown: &'a CancellationToken,
+    /// Optional detach request.
+    pub detach: Option<&'a Detach>,
+    /// Optional dead-path detection (clients only: gcloud fails on pings from a relay).
+    pub keepalive: Option<Keepalive>,
+}
+
+impl<'a> Attach<'a> {
+    /// A plain attachment: no resend, no detach, no keepalive.
+    pub fn new(role: Role, shutdown: &'a CancellationToken) -> Self {
+        Attach {
+            role,
+            eof_close: close::NORMAL,
+            resend: Vec::new(),
+            shutdown,
+            detach: None,
+            keepalive: None,
+        }
+    }
 }
 
 impl<I, O: LocalOutput> Session<I, O> {
@@ -132,26 +229,34 @@ fn close_message(code: u16, reason: &str) -> Message {
 }
 
 /// Moves bytes between `session`'s local ends and `ws` until one side ends.
-///
-/// `eof_close` is the close code sent after local input ends (1000 for a client; the relay
-/// also sends 1000 when the backend closes in order).
-pub async fn run<I, O, W, E>(
-    session: &mut Session<I, O>,
-    ws: W,
-    role: Role,
-    eof_close: u16,
-    cancel: &CancellationToken,
-) -> PumpEnd
+pub async fn run<I, O, W, E>(session: &mut Session<I, O>, ws: W, attach: Attach<'_>) -> PumpEnd
 where
     I: LocalInput,
     O: LocalOutput,
     W: Sink<Message, Error = E> + Stream<Item = Result<Message, E>> + Unpin,
     E: std::fmt::Display,
 {
+    let Attach {
+        role,
+        eof_close,
+        resend,
+        shutdown: cancel,
+        detach,
+        keepalive,
+    } = attach;
+    let never = CancellationToken::new();
+    let detach_token = detach.map_or(&never, |d| &d.token);
     let (mut sink, mut stream) = ws.split();
-    let mut outbox: VecDeque<Message> = VecDeque::new();
+    let mut outbox: VecDeque<Message> = resend.into_iter().map(Message::Binary).collect();
     let mut need_flush = false;
-    let mut ack_at: Option<Instant> = None;
+    // A resumed session owes the peer an ACK for what arrived before the drop.
+    let mut ack_at: Option<Instant> = session
+        .state
+        .ack_pending()
+        .then(|| Instant::now() + IDLE_ACK_DELAY);
+    let mut alive = Liveness::new(session.state.unacked() > 0);
+    let mut tick = tokio::time::interval(Duration::from_secs(1));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut eof_deadline: Option<Instant> =
         session.input_done.then(|| Instant::now() + EOF_ACK_WAIT);
     let mut close_sent: Option<(Instant, PumpEnd)> = None;
@@ -183,7 +288,26 @@ where
                 outbox.push_back(close_message(1001, "shutting down"));
                 close_sent = Some((Instant::now() + CLOSE_WAIT, PumpEnd::Cancelled));
             }
+            () = detach_token.cancelled(), if close_sent.is_none() => {
+                // Unsent DATA is still in the resend buffer; the old connection may be dead,
+                // so the close gets a short, bounded try and no wait for a reply.
+                let code = detach.map_or(close::SID_IN_USE, |d| d.code.load(Ordering::SeqCst));
+                let _ = tokio::time::timeout(DETACH_SEND_WAIT, sink.send(close_message(code, close::reason_text(code)))).await;
+                return PumpEnd::Detached { code };
+            }
+            _ = tick.tick(), if keepalive.is_some() && close_sent.is_none() => {
+                if let Some(k) = keepalive {
+                    match alive.check(k, session.state.unacked() > 0) {
+                        Check::Fine => {}
+                        Check::Ping => outbox.push_back(Message::Ping(Bytes::new())),
+                        Check::Dead(waited) => {
+                            return PumpEnd::TransportLost(format!("no answer from the relay for {}s", waited.as_secs()));
+                        }
+                    }
+                }
+            }
             msg = stream.next(), if read_ws => {
+                alive.heard();
                 let msg = match msg {
                     Some(Ok(msg)) => msg,
                     Some(Err(e)) => return finish_closing(close_sent, PumpEnd::TransportLost(e.to_string())),
@@ -223,7 +347,7 @@ where
                         };
                     }
                     Message::Ping(_) => need_flush = true, // the automatic pong must go out
-                    Message::Pong(_) => {}
+                    Message::Pong(_) => alive.pong(),
                     Message::Text(_) => {
                         let code = match role { Role::Relay => close::INVALID_WEBSOCKET_OPCODE, Role::Client => 1003 };
                         if close_sent.is_none() {
@@ -236,6 +360,9 @@ where
             }
             read = session.input.read_message(), if read_local => match read {
                 Ok(Some(message)) => {
+                    if session.state.unacked() == 0 {
+                        alive.waiting();
+                    }
                     session.state.record_sent(message.clone());
                     outbox.push_back(Message::Binary(message));
                 }
@@ -280,6 +407,77 @@ where
                 return close_sent.map(|(_, end)| end).unwrap_or(PumpEnd::LocalEof);
             }
         }
+    }
+}
+
+/// How long a detaching pump tries to send its close on a connection that may be dead.
+const DETACH_SEND_WAIT: Duration = Duration::from_millis(200);
+
+/// What the keepalive check found.
+enum Check {
+    Fine,
+    Ping,
+    Dead(Duration),
+}
+
+/// When we last heard from the peer, and whether we are waiting on it.
+struct Liveness {
+    heard: Instant,
+    /// Since when we have been waiting for an answer (data outstanding or ping sent).
+    waiting_since: Option<Instant>,
+    ping_sent: Option<Instant>,
+    answers_pings: bool,
+}
+
+impl Liveness {
+    fn new(waiting: bool) -> Self {
+        let now = Instant::now();
+        Liveness {
+            heard: now,
+            waiting_since: waiting.then_some(now),
+            ping_sent: None,
+            answers_pings: false,
+        }
+    }
+
+    fn heard(&mut self) {
+        self.heard = Instant::now();
+    }
+
+    fn pong(&mut self) {
+        self.answers_pings = true;
+        self.ping_sent = None;
+    }
+
+    fn waiting(&mut self) {
+        self.waiting_since = Some(Instant::now());
+    }
+
+    fn check(&mut self, k: Keepalive, data_outstanding: bool) -> Check {
+        let now = Instant::now();
+        if !data_outstanding {
+            self.waiting_since = None;
+        }
+        let since_heard = now - self.heard;
+        // Waiting on data: silence counts from when we started waiting or last heard.
+        if let Some(since) = self.waiting_since
+            && now - since.max(self.heard) > k.timeout
+        {
+            return Check::Dead(now - since.max(self.heard));
+        }
+        if let Some(sent) = self.ping_sent
+            && self.answers_pings
+            && self.heard < sent
+            && now - sent > k.timeout
+        {
+            return Check::Dead(since_heard);
+        }
+        let ping_due = self.ping_sent.is_none_or(|sent| now - sent >= k.interval);
+        if since_heard >= k.interval && ping_due {
+            self.ping_sent = Some(now);
+            return Check::Ping;
+        }
+        Check::Fine
     }
 }
 
