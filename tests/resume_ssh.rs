@@ -1,0 +1,234 @@
+//! Real OpenSSH sessions that survive the network: scp through connection resets, an
+//! interactive session through a reset and a 10 s black hole, and unmodified gcloud resuming
+//! through `iap-relay` when the relay forces re-authentication (4004).
+
+mod common;
+mod fault;
+
+use std::fs::File;
+use std::io::{BufRead, BufReader, Write};
+use std::path::Path;
+use std::process::Stdio;
+use std::thread;
+use std::time::{Duration, Instant};
+
+use common::*;
+use fault::{FaultProxy, Mode};
+
+const ALICE: &str = "user:alice@example.com";
+
+/// ProxyCommand running iap-ssh through `proxy` (the fault injector) to `relay`, with a short
+/// keepalive so a black hole is noticed quickly.
+fn proxy_command_via(proxy: &FaultProxy, relay: &Relay, token_file: &Path) -> String {
+    format!(
+        "{} --endpoint {} --ca-file {} --access-token-file {} %h %p",
+        proxy_quote_path(&iap_ssh_bin()),
+        proxy_quote(&format!("wss://{}", proxy.addr)),
+        proxy_quote_path(relay.ca_pem()),
+        proxy_quote_path(token_file),
+    )
+}
+
+#[test]
+fn scp_128_mib_survives_5_resets() {
+    if !require_openssh() {
+        return;
+    }
+    let token = random_hex(24);
+    let relay = spawn_relay(&RelaySpec::standard(ALICE, &token));
+    let proxy = FaultProxy::start(relay.addr);
+    let sshd = spawn_sshd();
+    let token_file = write_token_file(&sshd.subdir("secrets"), &token);
+    let local = sshd.subdir("local");
+    let remote = sshd.subdir("remote");
+    let len = 128usize << 20;
+    let src = random_file(&local, "big.bin", len);
+    let want = sha256_file(&src);
+    let dest = remote.join("big.bin");
+
+    let pc = proxy_command_via(&proxy, &relay, &token_file);
+    let mut cmd = ssh_command("scp", &sshd);
+    cmd.args(ssh_base_args(&sshd, &pc)).arg(&src).arg(format!(
+        "{}:{}",
+        dotted_host(),
+        dest.display()
+    ));
+    let (done_tx, done_rx) = std::sync::mpsc::channel::<()>();
+    let resets = thread::scope(|s| {
+        let (proxy, dest) = (&proxy, &dest);
+        let chaos = s.spawn(move || {
+            // Reset whenever the copy passes another fifth of the file (by the remote size).
+            let mut hits = 0;
+            for i in 1..=5u64 {
+                let point = (len as u64) * i / 6;
+                loop {
+                    if done_rx.try_recv().is_ok() {
+                        return hits;
+                    }
+                    if dest.metadata().map(|m| m.len()).unwrap_or(0) >= point {
+                        break;
+                    }
+                    thread::sleep(Duration::from_millis(5));
+                }
+                if proxy.reset_all() > 0 {
+                    hits += 1;
+                }
+            }
+            hits
+        });
+        let out = run_with_timeout(&mut cmd, TRANSFER_TIMEOUT);
+        let _ = done_tx.send(());
+        assert!(
+            out.status.success(),
+            "{}\n--- relay ---\n{}",
+            describe(&out),
+            relay.log()
+        );
+        chaos.join().unwrap()
+    });
+    assert_eq!(resets, 5, "every reset hit a live connection");
+    assert_eq!(
+        sha256_file(&dest),
+        want,
+        "scp through resets corrupted the file"
+    );
+    assert!(
+        relay.log().matches(" reconnect ").count() >= 5,
+        "{}",
+        relay.log()
+    );
+}
+
+#[test]
+fn interactive_session_survives_reset_and_black_hole() {
+    if !require_openssh() {
+        return;
+    }
+    let token = random_hex(24);
+    let relay = spawn_relay(&RelaySpec::standard(ALICE, &token));
+    let proxy = FaultProxy::start(relay.addr);
+    let sshd = spawn_sshd();
+    let token_file = write_token_file(&sshd.subdir("secrets"), &token);
+    let pc = proxy_command_via(&proxy, &relay, &token_file);
+    let mut cmd = ssh_command("ssh", &sshd);
+    cmd.args(ssh_base_args(&sshd, &pc))
+        .arg(dotted_host())
+        .arg("while read line; do echo \"got $line\"; done")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::from(tempfile::tempfile().unwrap()));
+    let mut child = ChildGuard::new(cmd.spawn().unwrap());
+    let mut stdin = child.child_mut().stdin.take().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    let stdout = child.child_mut().stdout.take().unwrap();
+    thread::spawn(move || {
+        for line in BufReader::new(stdout).lines() {
+            if tx.send(line.unwrap_or_default()).is_err() {
+                return;
+            }
+        }
+    });
+    let mut say = |text: &str| {
+        writeln!(stdin, "{text}").unwrap();
+        let got = rx
+            .recv_timeout(Duration::from_secs(60))
+            .expect("an answer within 60 s");
+        assert_eq!(got, format!("got {text}"));
+    };
+    say("one");
+    assert!(proxy.reset_all() >= 1);
+    say("two, after a reset");
+    assert!(proxy.set_all(Mode::BlackHole) >= 1);
+    // Ten seconds of silence in the black hole, then type.
+    thread::sleep(Duration::from_secs(10));
+    let started = Instant::now();
+    say("three, after a 10 s black hole");
+    eprintln!("answer after the black hole took {:?}", started.elapsed());
+    say("four");
+    drop(stdin);
+    let started = Instant::now();
+    while child.try_wait().is_none() {
+        assert!(
+            started.elapsed() < Duration::from_secs(30),
+            "ssh did not exit"
+        );
+        thread::sleep(Duration::from_millis(20));
+    }
+    assert!(
+        relay.log().matches(" reconnect ").count() >= 2,
+        "{}",
+        relay.log()
+    );
+}
+
+/// gcloud resumes only on 4004; our relay forces it every 2 s during a 16 MiB upload.
+#[test]
+fn gcloud_resumes_through_forced_reauthentication() {
+    if !require_openssh() || !require_tool("gcloud") {
+        return;
+    }
+    let token = random_hex(24);
+    let mut spec = RelaySpec::standard(ALICE, &token);
+    spec.extra_toml = "[limits]\nreauthenticate_after_secs = 2\n".into();
+    let relay = spawn_relay(&spec);
+    let sshd = spawn_sshd();
+    let token_file = write_token_file(&sshd.subdir("secrets"), &token);
+    let local = sshd.subdir("local");
+    let remote = sshd.subdir("remote");
+    let src = random_file(&local, "up.bin", 16 << 20);
+    let want = sha256_file(&src);
+    let dest = remote.join("up.bin");
+
+    let gcloud = tool_path("gcloud").expect("gcloud installed");
+    let pc = format!(
+        "{} compute start-iap-tunnel {INSTANCE} %p --zone {ZONE} --project {PROJECT} \
+         --listen-on-stdin --iap-tunnel-url-override={} --verbosity=warning",
+        proxy_quote_path(&gcloud),
+        proxy_quote(&relay.url),
+    );
+    let mut cmd = ssh_command("ssh", &sshd);
+    cmd.env("CLOUDSDK_CORE_PROJECT", PROJECT)
+        .env("CLOUDSDK_AUTH_ACCESS_TOKEN_FILE", &token_file)
+        .env("CLOUDSDK_CORE_CUSTOM_CA_CERTS_FILE", relay.ca_pem())
+        .env("CLOUDSDK_CORE_DISABLE_USAGE_REPORTING", "true")
+        .env("CLOUDSDK_COMPONENT_MANAGER_DISABLE_UPDATE_CHECK", "true")
+        .args(ssh_base_args(&sshd, &pc))
+        .arg(INSTANCE)
+        // The remote side reads 256 KiB every 100 ms (about 2.5 MB/s), so the upload spans
+        // several forced re-authentications whatever gcloud's own speed.
+        .arg(format!(
+            "/usr/bin/python3 -c {}",
+            sh_quote(&format!(
+                "import sys,time\nout=open({:?},'wb')\nwhile True:\n b=sys.stdin.buffer.read(262144)\n if not b: break\n out.write(b); time.sleep(0.1)\nout.close()",
+                dest.display().to_string()
+            ))
+        ));
+    let started = Instant::now();
+    let out = run_with_io(
+        &mut cmd,
+        Stdio::from(File::open(&src).unwrap()),
+        None,
+        TRANSFER_TIMEOUT,
+    );
+    let took = started.elapsed();
+    assert!(out.status.success(), "{}\n{}", describe(&out), relay.log());
+    assert_eq!(
+        sha256_file(&dest),
+        want,
+        "upload through gcloud resumes corrupted"
+    );
+    let log = relay.log();
+    let forced = log.matches("code: 4004").count();
+    let resumed = log.matches(" reconnect ").count();
+    eprintln!(
+        "gcloud upload of 16 MiB took {took:?}: {forced} forced re-authentications, {resumed} resumes"
+    );
+    assert!(
+        forced >= 2,
+        "expected several forced re-authentications:\n{log}"
+    );
+    assert!(
+        resumed >= forced,
+        "gcloud did not resume after every 4004:\n{log}"
+    );
+}
