@@ -1,28 +1,41 @@
 //! `iap-ssh`: SSH (or any TCP) through an Identity-Aware Proxy relay.
+//!
+//! This file reads the command line and the environment (the library never does), picks the
+//! mode (stdio, `--listen`, `--check`, `--print-ssh-config`), builds the runtime, and turns the
+//! outcome into one stderr line and an exit status.
 
+use std::io::Write;
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::path::PathBuf;
 use std::process::ExitCode;
+use std::sync::Arc;
 
 use argh::FromArgs;
 use iap_ssh::client::config::TargetArgs;
-use iap_ssh::client::{Options, stdio};
+use iap_ssh::client::ssh_config::SshConfigBlock;
+use iap_ssh::client::tunnel::TunnelConfig;
+use iap_ssh::client::{Options, check, listen, stdio};
 use iap_ssh::close::ExitKind;
 use tokio_util::sync::CancellationToken;
 
 /// tunnel ssh (or any tcp) through Identity-Aware Proxy TCP forwarding. stdin/stdout carry the
 /// connection, so it works as an ssh ProxyCommand:
 ///   ssh -o ProxyCommand='iap-ssh %h %p' vm-1.us-central1-a.my-project.iap
+/// or, with --listen, a local port serves many connections: iap-ssh --listen 127.0.0.1:0 vm-1.z.p 3389
 /// HOST is INSTANCE[.ZONE[.PROJECT]] with an optional .iap suffix, or an IP address or FQDN
-/// with --region and --network. Environment: CLOUDSDK_CORE_PROJECT, CLOUDSDK_COMPUTE_ZONE,
-/// CLOUDSDK_AUTH_ACCESS_TOKEN_FILE, GOOGLE_APPLICATION_CREDENTIALS, RUST_LOG.
+/// with --region and --network. Project and zone: HOST, --project/--zone,
+/// CLOUDSDK_CORE_PROJECT/CLOUDSDK_COMPUTE_ZONE, the active gcloud configuration
+/// (CLOUDSDK_CONFIG), the service-account key's project_id. Other environment:
+/// CLOUDSDK_AUTH_ACCESS_TOKEN_FILE, GOOGLE_APPLICATION_CREDENTIALS, HTTPS_PROXY, NO_PROXY,
+/// XDG_CACHE_HOME (token cache), RUST_LOG.
 /// Exit status: 0 ok, 1 other failure, 2 usage, 3 authentication, 4 not authorized (4033),
 /// 5 not found (4047), 6 backend unreachable (4003).
 #[derive(FromArgs, Debug)]
 struct Args {
-    /// project of the instance (default: from HOST, CLOUDSDK_CORE_PROJECT)
+    /// project of the instance (default: from HOST, CLOUDSDK_CORE_PROJECT, gcloud config)
     #[argh(option)]
     project: Option<String>,
-    /// zone of the instance (default: from HOST, CLOUDSDK_COMPUTE_ZONE)
+    /// zone of the instance (default: from HOST, CLOUDSDK_COMPUTE_ZONE, gcloud config)
     #[argh(option)]
     zone: Option<String>,
     /// network interface of the instance (default: nic0)
@@ -40,18 +53,45 @@ struct Args {
     /// suffix stripped from HOST (default: .iap; empty for none)
     #[argh(option, default = "String::from(\".iap\")")]
     host_suffix: String,
-    /// relay URL (default: wss://tunnel.cloudproxy.app/v4)
+    /// listen on ADDR (e.g. 127.0.0.1:0 or [::1]:0) and open one tunnel per connection
+    #[argh(option)]
+    listen: Option<String>,
+    /// open one tunnel, report whether it works, and exit with its status
+    #[argh(switch)]
+    check: bool,
+    /// with --listen: skip the start-up connection check
+    #[argh(switch)]
+    no_check: bool,
+    /// print a Host block for ~/.ssh/config (with --project, --zone, --endpoint ...) and exit
+    #[argh(switch)]
+    print_ssh_config: bool,
+    /// relay URL (default: wss://tunnel.cloudproxy.app/v4, or the mTLS host with --client-cert)
     #[argh(option)]
     endpoint: Option<String>,
     /// PEM file of CA certificates trusted besides the system roots
     #[argh(option)]
     ca_file: Option<PathBuf>,
+    /// PEM client certificate for mutual TLS (with --client-key)
+    #[argh(option)]
+    client_cert: Option<PathBuf>,
+    /// PEM private key of --client-cert
+    #[argh(option)]
+    client_key: Option<PathBuf>,
+    /// HTTP proxy URL, http://[USER:PASSWORD@]HOST:PORT (default: HTTPS_PROXY; "none" for none)
+    #[argh(option)]
+    proxy: Option<String>,
     /// file holding an OAuth access token (also CLOUDSDK_AUTH_ACCESS_TOKEN_FILE)
     #[argh(option)]
     access_token_file: Option<PathBuf>,
     /// service-account key file (default: Application Default Credentials)
     #[argh(option)]
     credentials_file: Option<PathBuf>,
+    /// do not keep access tokens in the user cache folder between runs
+    #[argh(switch)]
+    no_token_cache: bool,
+    /// seconds to keep trying to resume a tunnel whose connection was lost (default: 900)
+    #[argh(option)]
+    resume_timeout: Option<u64>,
     /// more diagnostics on stderr (-v, -vv)
     #[argh(switch, short = 'v')]
     verbose: u8,
@@ -63,6 +103,17 @@ struct Args {
     destination: Vec<String>,
 }
 
+/// What `main` reads from the environment on the library's behalf.
+fn env(name: &str) -> Option<String> {
+    std::env::var(name).ok()
+}
+
+fn home_dir(sub: &str) -> Option<PathBuf> {
+    env("HOME")
+        .filter(|h| !h.is_empty())
+        .map(|h| PathBuf::from(h).join(sub))
+}
+
 fn main() -> ExitCode {
     let args = match parse_args() {
         Ok(args) => args,
@@ -72,56 +123,228 @@ fn main() -> ExitCode {
         println!("iap-ssh {}", env!("CARGO_PKG_VERSION"));
         return ExitCode::SUCCESS;
     }
-    iap_ssh::logging::init_stderr(args.verbose, "warn");
-    let [host, port] = <[String; 2]>::try_from(args.destination).unwrap_or_default();
-    if host.is_empty() || port.is_empty() {
-        return fail(ExitKind::Usage, "expected HOST PORT (try --help)");
+    if args.print_ssh_config {
+        return print_ssh_config(&args);
     }
-    let Ok(port) = port.parse::<u16>() else {
+    let listen = match args.listen.as_deref().map(parse_listen) {
+        None => None,
+        Some(Ok(addr)) => Some(addr),
+        Some(Err(message)) => return fail(ExitKind::Usage, &message),
+    };
+    if listen.is_some() && args.check {
         return fail(
             ExitKind::Usage,
-            &format!("PORT {port:?} is not a number from 1 to 65535"),
+            "--check and --listen are separate modes: give one (--listen checks at start-up)",
         );
+    }
+    if args.no_check && listen.is_none() {
+        return fail(ExitKind::Usage, "--no-check goes with --listen");
+    }
+    iap_ssh::logging::init_stderr(args.verbose, if listen.is_some() { "info" } else { "warn" });
+    let config = match build_config(&args) {
+        Ok(config) => config,
+        Err((kind, message)) => return fail(kind, &message),
     };
+    match listen {
+        Some(addr) => run_listen(config, addr, !args.no_check),
+        None if args.check => run_check(&config),
+        None => run_stdio(&config),
+    }
+}
+
+fn build_config(args: &Args) -> Result<TunnelConfig, (ExitKind, String)> {
+    let usage = |m: &str| (ExitKind::Usage, m.to_owned());
+    let [host, port] = <[String; 2]>::try_from(args.destination.clone()).unwrap_or_default();
+    if host.is_empty() || port.is_empty() {
+        return Err(usage("expected HOST PORT (try --help)"));
+    }
+    let Ok(port) = port.parse::<u16>() else {
+        return Err(usage(&format!(
+            "PORT {port:?} is not a number from 1 to 65535"
+        )));
+    };
+    let token_cache_dir = (!args.no_token_cache)
+        .then(|| {
+            env("XDG_CACHE_HOME")
+                .filter(|d| d.starts_with('/'))
+                .map(PathBuf::from)
+                .or_else(|| home_dir(".cache"))
+        })
+        .flatten()
+        .map(|d| d.join("iap-ssh"));
+    let gcloud_config_dir = env("CLOUDSDK_CONFIG")
+        .filter(|d| !d.is_empty())
+        .map(PathBuf::from)
+        .or_else(|| home_dir(".config/gcloud"));
     let options = Options {
         target: TargetArgs {
             host,
-            suffix: args.host_suffix,
-            project: args.project,
-            zone: args.zone,
-            interface: args.interface,
-            region: args.region,
-            network: args.network,
-            dest_group: args.dest_group,
+            suffix: args.host_suffix.clone(),
+            project: args.project.clone(),
+            zone: args.zone.clone(),
+            interface: args.interface.clone(),
+            region: args.region.clone(),
+            network: args.network.clone(),
+            dest_group: args.dest_group.clone(),
         },
         port,
-        endpoint: args.endpoint,
-        ca_file: args.ca_file,
-        access_token_file: args.access_token_file,
-        credentials_file: args.credentials_file,
+        endpoint: args.endpoint.clone(),
+        ca_file: args.ca_file.clone(),
+        access_token_file: args.access_token_file.clone(),
+        credentials_file: args.credentials_file.clone(),
+        client_cert: args.client_cert.clone(),
+        client_key: args.client_key.clone(),
+        proxy: args.proxy.clone(),
+        token_cache_dir,
+        gcloud_config_dir,
+        resume_timeout: args.resume_timeout.map(std::time::Duration::from_secs),
     };
-    let config = match options.into_config(&|name| std::env::var(name).ok()) {
-        Ok(config) => config,
-        Err(e) => return fail(e.kind, &e.message),
+    options.into_config(&env).map_err(|e| (e.kind, e.message))
+}
+
+/// `127.0.0.1:0`, `[::1]:0`, `localhost:N`, or a bare port (on 127.0.0.1).
+fn parse_listen(text: &str) -> Result<SocketAddr, String> {
+    if let Ok(addr) = text.parse::<SocketAddr>() {
+        return Ok(addr);
+    }
+    let localhost = IpAddr::V4(Ipv4Addr::LOCALHOST);
+    let port = text.strip_prefix("localhost:").unwrap_or(text);
+    port.parse::<u16>()
+        .map(|port| SocketAddr::new(localhost, port))
+        .map_err(|_| {
+            format!(
+                "--listen {text:?} is not an address: use IP:PORT, such as 127.0.0.1:0 or [::1]:0 (port 0 picks a free port)"
+            )
+        })
+}
+
+fn runtime(multi_thread: bool) -> Result<tokio::runtime::Runtime, ExitCode> {
+    let mut builder = if multi_thread {
+        tokio::runtime::Builder::new_multi_thread()
+    } else {
+        // One ssh connection per process: a single-threaded runtime starts fastest.
+        tokio::runtime::Builder::new_current_thread()
     };
-    // One ssh connection per process: a single-threaded runtime starts fastest.
-    let runtime = match tokio::runtime::Builder::new_current_thread()
+    builder
         .enable_all()
         .build()
-    {
+        .map_err(|e| fail(ExitKind::Other, &format!("starting the runtime: {e}")))
+}
+
+fn run_stdio(config: &TunnelConfig) -> ExitCode {
+    let runtime = match runtime(false) {
         Ok(rt) => rt,
-        Err(e) => return fail(ExitKind::Other, &format!("starting the runtime: {e}")),
+        Err(code) => return code,
     };
     let cancel = CancellationToken::new();
     let result = runtime.block_on(async {
         iap_ssh::signals::cancel_on_signal(cancel.clone());
-        stdio::run(&config, &cancel).await
+        stdio::run(config, &cancel).await
     });
     // The stdin thread may still be blocked in read(); it does not keep the process alive.
     runtime.shutdown_background();
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => fail(e.kind, &e.message),
+    }
+}
+
+fn run_check(config: &TunnelConfig) -> ExitCode {
+    let runtime = match runtime(false) {
+        Ok(rt) => rt,
+        Err(code) => return code,
+    };
+    let report = runtime.block_on(check::run(config));
+    // --check is not stdio mode: its diagnosis is its output.
+    let mut out = std::io::stdout().lock();
+    for line in report.lines() {
+        let _ = writeln!(out, "{line}");
+    }
+    let _ = out.flush();
+    match report.result {
+        Ok(_) => ExitCode::SUCCESS,
+        Err(e) => fail(e.kind, &e.message),
+    }
+}
+
+fn run_listen(config: TunnelConfig, addr: SocketAddr, startup_check: bool) -> ExitCode {
+    let runtime = match runtime(true) {
+        Ok(rt) => rt,
+        Err(code) => return code,
+    };
+    let config = Arc::new(config);
+    let result = runtime.block_on(async {
+        let listener = tokio::net::TcpListener::bind(addr).await.map_err(|e| {
+            (
+                ExitKind::Usage,
+                format!("listening on {addr}: {e}: pick another address or port (port 0 picks a free one)"),
+            )
+        })?;
+        let bound = listener
+            .local_addr()
+            .map_err(|e| (ExitKind::Other, format!("reading the listening address: {e}")))?;
+        if startup_check {
+            eprintln!("Testing if tunnel connection works.");
+            if let Err(e) = check::run(&config).await.result {
+                return Err((e.kind, e.message));
+            }
+        }
+        // gcloud's readiness line, which scripts wait for; flushed at once.
+        let mut out = std::io::stdout().lock();
+        let _ = writeln!(out, "Listening on port [{}].", bound.port());
+        let _ = out.flush();
+        drop(out);
+        let cancel = CancellationToken::new();
+        iap_ssh::signals::cancel_on_signal(cancel.clone());
+        let summary = listen::run(config.clone(), listener, cancel).await;
+        eprintln!("iap-ssh: stopped listening on {bound}: {summary}");
+        Ok(())
+    });
+    // Tunnels abandoned after the shutdown grace must not hold the process.
+    runtime.shutdown_background();
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err((kind, message)) => fail(kind, &message),
+    }
+}
+
+fn print_ssh_config(args: &Args) -> ExitCode {
+    let program = std::env::current_exe()
+        .ok()
+        .and_then(|p| p.to_str().map(str::to_owned))
+        .unwrap_or_else(|| "iap-ssh".to_owned());
+    let mut options = Vec::new();
+    let mut add = |flag: &str, value: Option<String>| {
+        if let Some(v) = value {
+            options.push((flag.to_owned(), v));
+        }
+    };
+    let path = |p: &Option<PathBuf>| p.as_ref().map(|p| p.display().to_string());
+    add("--project", args.project.clone());
+    add("--zone", args.zone.clone());
+    add("--interface", args.interface.clone());
+    add("--endpoint", args.endpoint.clone());
+    add("--ca-file", path(&args.ca_file));
+    add("--client-cert", path(&args.client_cert));
+    add("--client-key", path(&args.client_key));
+    add("--proxy", args.proxy.clone());
+    add("--access-token-file", path(&args.access_token_file));
+    add("--credentials-file", path(&args.credentials_file));
+    if args.host_suffix != ".iap" {
+        add("--host-suffix", Some(args.host_suffix.clone()));
+    }
+    let block = SshConfigBlock {
+        program,
+        suffix: args.host_suffix.clone(),
+        options,
+    };
+    let mut out = std::io::stdout().lock();
+    match out
+        .write_all(block.render().as_bytes())
+        .and_then(|()| out.flush())
+    {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => fail(ExitKind::Other, &format!("writing to stdout: {e}")),
     }
 }
 

@@ -1,7 +1,8 @@
 //! Where the client's bearer token comes from.
 //!
-//! A fresh token is asked for before every WebSocket handshake; the sources cache as they see
-//! fit (gcp_auth keeps a token until shortly before it expires). The [`Token`] type cannot be
+//! A fresh token is asked for before every WebSocket handshake. Tokens from a service-account
+//! key or Application Default Credentials are kept in the on-disk [`TokenCache`] when one is
+//! given, so that one process after another reuses them. The [`Token`] type cannot be
 //! printed: its `Debug` is redacted and it has no `Display`, so it cannot leak into a log line
 //! or an error message by accident.
 
@@ -10,9 +11,13 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
+use std::sync::atomic::{AtomicBool, Ordering};
+
 use anyhow::{Context, anyhow, bail};
 use tokio::sync::OnceCell;
 use tokio_tungstenite::tungstenite::http::HeaderValue;
+
+use super::cache::{TokenCache, unix_now};
 
 /// OAuth scopes requested from Google: `cloud-platform` carries IAP's permission and
 /// `userinfo.email` lets a relay's token-info check learn who the caller is.
@@ -54,6 +59,11 @@ impl Token {
         value.set_sensitive(true);
         value
     }
+
+    /// The token text, for the cache file only.
+    pub(crate) fn secret(&self) -> &str {
+        &self.0
+    }
 }
 
 impl fmt::Debug for Token {
@@ -62,21 +72,35 @@ impl fmt::Debug for Token {
     }
 }
 
-/// A way of obtaining tokens.
-pub enum Credentials {
+/// Where tokens come from.
+enum Source {
     /// A file holding an access token, re-read before every handshake (another process may
-    /// refresh it), as gcloud's `CLOUDSDK_AUTH_ACCESS_TOKEN_FILE`.
+    /// refresh it), as gcloud's `CLOUDSDK_AUTH_ACCESS_TOKEN_FILE`. Never cached: the file is
+    /// already the cache.
     AccessTokenFile(PathBuf),
     /// A service-account key file, through gcp_auth (signed JWT exchanged at the key's
     /// `token_uri`).
     ServiceAccount {
-        /// The key file, for messages.
         path: PathBuf,
-        /// The gcp_auth provider built from it.
         account: Box<gcp_auth::CustomServiceAccount>,
+        /// SHA-256 of the key file: a rotated key gets its own cache entry.
+        fingerprint: Vec<u8>,
+        email: Option<String>,
     },
     /// Application Default Credentials through gcp_auth, discovered on first use.
-    Default(OnceCell<Arc<dyn gcp_auth::TokenProvider>>),
+    Default {
+        cell: OnceCell<Arc<dyn gcp_auth::TokenProvider>>,
+        fingerprint: Vec<u8>,
+        email: Option<String>,
+    },
+}
+
+/// A way of obtaining tokens, with an optional on-disk cache.
+pub struct Credentials {
+    source: Source,
+    cache: Option<TokenCache>,
+    /// The cache's warning is shown once per process, not on every reconnect.
+    warned: AtomicBool,
 }
 
 impl fmt::Debug for Credentials {
@@ -85,47 +109,137 @@ impl fmt::Debug for Credentials {
     }
 }
 
+/// The parts of a service-account key JSON that matter besides the private key.
+#[derive(Debug, Default, serde::Deserialize)]
+pub struct KeyFileInfo {
+    /// `type`: `service_account` for the keys we use.
+    #[serde(rename = "type", default)]
+    pub kind: Option<String>,
+    /// `client_email`: the identity tokens belong to.
+    #[serde(default)]
+    pub client_email: Option<String>,
+    /// `project_id`: a fallback project.
+    #[serde(default)]
+    pub project_id: Option<String>,
+}
+
+impl KeyFileInfo {
+    /// Parses the identifying fields of a credentials JSON (nothing secret is kept).
+    pub fn parse(text: &str) -> Option<KeyFileInfo> {
+        serde_json::from_str(text).ok()
+    }
+}
+
+fn sha256(bytes: &[u8]) -> Vec<u8> {
+    ring::digest::digest(&ring::digest::SHA256, bytes)
+        .as_ref()
+        .to_vec()
+}
+
 impl Credentials {
+    fn from_source(source: Source) -> Credentials {
+        Credentials {
+            source,
+            cache: None,
+            warned: AtomicBool::new(false),
+        }
+    }
+
+    /// Tokens read from `path` before every handshake.
+    pub fn access_token_file(path: PathBuf) -> Credentials {
+        Credentials::from_source(Source::AccessTokenFile(path))
+    }
+
     /// Credentials from a service-account key file.
     ///
     /// # Errors
     /// When the file cannot be read or is not a service-account key.
     pub fn service_account(path: &Path) -> anyhow::Result<Credentials> {
-        let account = gcp_auth::CustomServiceAccount::from_file(path).map_err(|e| {
+        let text = std::fs::read_to_string(path).map_err(|e| {
             anyhow!(
                 "reading the service-account key {}: {e}: pass a JSON key file downloaded for a service account",
                 path.display()
             )
         })?;
-        Ok(Credentials::ServiceAccount {
+        let account = gcp_auth::CustomServiceAccount::from_json(&text).map_err(|e| {
+            anyhow!(
+                "reading the service-account key {}: {e}: pass a JSON key file downloaded for a service account",
+                path.display()
+            )
+        })?;
+        let email = KeyFileInfo::parse(&text).and_then(|k| k.client_email);
+        Ok(Credentials::from_source(Source::ServiceAccount {
             path: path.to_owned(),
             account: Box::new(account),
+            fingerprint: sha256(text.as_bytes()),
+            email,
+        }))
+    }
+
+    /// Application Default Credentials. `fingerprint` tells one ADC setup from another for the
+    /// cache (the caller hashes the credential files it knows of); `email` is the identity when
+    /// a file names it.
+    pub fn application_default(fingerprint: &[u8], email: Option<String>) -> Credentials {
+        let mut material = b"application-default\0".to_vec();
+        material.extend_from_slice(fingerprint);
+        Credentials::from_source(Source::Default {
+            cell: OnceCell::new(),
+            fingerprint: material,
+            email,
         })
     }
 
-    /// Application Default Credentials.
-    pub fn application_default() -> Credentials {
-        Credentials::Default(OnceCell::new())
+    /// Keeps tokens in `cache` between processes (not for access-token files).
+    pub fn with_cache(mut self, cache: TokenCache) -> Credentials {
+        self.cache = Some(cache);
+        self
     }
 
     /// Where tokens come from, for messages (never the token).
     pub fn describe(&self) -> String {
-        match self {
-            Credentials::AccessTokenFile(p) => format!("access token file {}", p.display()),
-            Credentials::ServiceAccount { path, .. } => {
+        match &self.source {
+            Source::AccessTokenFile(p) => format!("access token file {}", p.display()),
+            Source::ServiceAccount { path, .. } => {
                 format!("service-account key {}", path.display())
             }
-            Credentials::Default(_) => "Application Default Credentials".to_owned(),
+            Source::Default { .. } => "Application Default Credentials".to_owned(),
         }
     }
 
-    /// A token for the next handshake.
+    /// Who the tokens belong to, where the credential says (a key file's `client_email`).
+    pub fn identity(&self) -> Option<&str> {
+        match &self.source {
+            Source::AccessTokenFile(_) => None,
+            Source::ServiceAccount { email, .. } | Source::Default { email, .. } => {
+                email.as_deref()
+            }
+        }
+    }
+
+    /// The cache in use, if any.
+    pub fn cache(&self) -> Option<&TokenCache> {
+        self.cache.as_ref()
+    }
+
+    /// A token for the next handshake: from the cache while it has more than
+    /// [`REFRESH_MARGIN`](super::cache::REFRESH_MARGIN) to live, else fetched (and cached).
     ///
     /// # Errors
     /// When the source cannot produce one within [`TOKEN_TIMEOUT`]; the message names the
     /// source and what to do, never the token.
     pub async fn token(&self) -> anyhow::Result<Token> {
-        tokio::time::timeout(TOKEN_TIMEOUT, self.fetch())
+        let key = self.cache.as_ref().and_then(|_| self.cache_key());
+        if let (Some(cache), Some(key)) = (&self.cache, &key) {
+            match cache.load(key, unix_now()) {
+                Ok(Some(token)) => {
+                    tracing::debug!(source = %self.describe(), "using a cached token");
+                    return Ok(token);
+                }
+                Ok(None) => {}
+                Err(warning) => self.warn_once(&warning),
+            }
+        }
+        let (token, expires_at) = tokio::time::timeout(TOKEN_TIMEOUT, self.fetch())
             .await
             .unwrap_or_else(|_| {
                 Err(anyhow!(
@@ -133,18 +247,51 @@ impl Credentials {
                     self.describe(),
                     TOKEN_TIMEOUT.as_secs()
                 ))
-            })
+            })?;
+        if let (Some(cache), Some(key), Some(expires_at)) = (&self.cache, &key, expires_at)
+            && let Err(warning) = cache.store(key, &token, expires_at)
+        {
+            self.warn_once(&warning);
+        }
+        Ok(token)
     }
 
-    async fn fetch(&self) -> anyhow::Result<Token> {
-        match self {
-            Credentials::AccessTokenFile(path) => {
+    /// Forgets the cached token, so the next [`token`](Self::token) fetches a fresh one. For
+    /// when the relay refused the token (HTTP 401, close 4004) before its recorded expiry.
+    pub fn forget_cached(&self) {
+        if let (Some(cache), Some(key)) = (&self.cache, self.cache_key()) {
+            cache.forget(&key);
+        }
+    }
+
+    fn cache_key(&self) -> Option<String> {
+        match &self.source {
+            Source::ServiceAccount { fingerprint, .. } | Source::Default { fingerprint, .. } => {
+                Some(TokenCache::key(fingerprint, SCOPES))
+            }
+            Source::AccessTokenFile(_) => None,
+        }
+    }
+
+    fn warn_once(&self, warning: &str) {
+        if !self.warned.swap(true, Ordering::Relaxed) {
+            tracing::warn!("{warning}");
+        }
+    }
+
+    /// A fresh token and, when known, its expiry in Unix seconds.
+    async fn fetch(&self) -> anyhow::Result<(Token, Option<u64>)> {
+        let expiry = |t: &gcp_auth::Token| u64::try_from(t.expires_at().timestamp()).ok();
+        match &self.source {
+            Source::AccessTokenFile(path) => {
                 let text = tokio::fs::read_to_string(path)
                     .await
                     .with_context(|| format!("reading access token file {}", path.display()))?;
-                Token::new(&text).with_context(|| format!("access token file {}", path.display()))
+                let token = Token::new(&text)
+                    .with_context(|| format!("access token file {}", path.display()))?;
+                Ok((token, None))
             }
-            Credentials::ServiceAccount { path, account } => {
+            Source::ServiceAccount { path, account, .. } => {
                 let token = gcp_auth::TokenProvider::token(account.as_ref(), SCOPES)
                     .await
                     .map_err(|e| {
@@ -153,9 +300,11 @@ impl Credentials {
                             path.display()
                         )
                     })?;
-                Token::new(token.as_str()).context("the token endpoint returned an unusable token")
+                let ours = Token::new(token.as_str())
+                    .context("the token endpoint returned an unusable token")?;
+                Ok((ours, expiry(&token)))
             }
-            Credentials::Default(cell) => {
+            Source::Default { cell, .. } => {
                 let provider = cell
                     .get_or_try_init(gcp_auth::provider)
                     .await
@@ -167,8 +316,9 @@ impl Credentials {
                 let token = provider.token(SCOPES).await.map_err(|e| {
                     anyhow!("getting an access token from Application Default Credentials: {e}")
                 })?;
-                Token::new(token.as_str())
-                    .context("Application Default Credentials returned an unusable token")
+                let ours = Token::new(token.as_str())
+                    .context("Application Default Credentials returned an unusable token")?;
+                Ok((ours, expiry(&token)))
             }
         }
     }
@@ -195,7 +345,7 @@ mod tests {
     async fn token_file_is_read_per_call_and_errors_name_the_file() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("token");
-        let creds = Credentials::AccessTokenFile(path.clone());
+        let creds = Credentials::access_token_file(path.clone());
         let err = creds.token().await.unwrap_err();
         assert!(
             format!("{err:#}").contains("reading access token file"),

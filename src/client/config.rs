@@ -3,7 +3,9 @@
 
 use std::fmt;
 use std::net::IpAddr;
+use std::path::Path;
 
+use super::auth::KeyFileInfo;
 use crate::target::{DEFAULT_INTERFACE, Target};
 
 /// Client side: everything the command line says about the destination.
@@ -38,6 +40,93 @@ pub struct Fallback {
     pub zone: Option<(String, String)>,
     /// Labels of every place the caller looked, for "not found" errors.
     pub looked_at: Vec<String>,
+}
+
+impl Fallback {
+    /// Reads the fallbacks, in gcloud's order: the active gcloud configuration in
+    /// `gcloud_dir` (`$CLOUDSDK_CONFIG` or `~/.config/gcloud`, found by the caller) named by
+    /// `active_config` (`CLOUDSDK_ACTIVE_CONFIG_NAME`) or the dir's `active_config` file or
+    /// `default`, then the service-account key file's `project_id`. Unreadable files count as
+    /// absent; every file looked at is listed for "not found" messages.
+    pub fn load(
+        gcloud_dir: Option<&Path>,
+        active_config: Option<&str>,
+        key_file: Option<&Path>,
+    ) -> Fallback {
+        let mut fallback = Fallback::default();
+        if let Some(dir) = gcloud_dir {
+            let name = active_config
+                .map(str::to_owned)
+                .filter(|n| !n.trim().is_empty())
+                .or_else(|| std::fs::read_to_string(dir.join("active_config")).ok())
+                .map(|n| n.trim().to_owned())
+                .filter(|n| !n.is_empty() && !n.contains(['/', '\\']))
+                .unwrap_or_else(|| "default".to_owned());
+            let path = dir.join("configurations").join(format!("config_{name}"));
+            let label = format!("gcloud configuration {}", path.display());
+            if let Ok(text) = std::fs::read_to_string(&path) {
+                let props = GcloudProperties::parse(&text);
+                fallback.project = props
+                    .project
+                    .map(|p| (p, format!("{label} [core] project")));
+                fallback.zone = props.zone.map(|z| (z, format!("{label} [compute] zone")));
+            }
+            fallback.looked_at.push(label);
+        }
+        if let Some(key) = key_file {
+            let label = format!("project_id in {}", key.display());
+            if fallback.project.is_none()
+                && let Some(project) = std::fs::read_to_string(key)
+                    .ok()
+                    .and_then(|t| KeyFileInfo::parse(&t))
+                    .and_then(|k| k.project_id)
+                    .filter(|p| !p.is_empty())
+            {
+                fallback.project = Some((project, label.clone()));
+            }
+            fallback.looked_at.push(label);
+        }
+        fallback
+    }
+}
+
+/// The properties we take from a gcloud configuration file (INI).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct GcloudProperties {
+    /// `[core] project`.
+    pub project: Option<String>,
+    /// `[compute] zone`.
+    pub zone: Option<String>,
+}
+
+impl GcloudProperties {
+    /// Parses gcloud's INI format: `[section]` headers, `key = value` lines, `#`/`;` comments;
+    /// section and key names ignore case, as Python's configparser does.
+    pub fn parse(text: &str) -> GcloudProperties {
+        let mut props = GcloudProperties::default();
+        let mut section = String::new();
+        for line in text.lines() {
+            let line = line.trim();
+            if line.is_empty() || line.starts_with(['#', ';']) {
+                continue;
+            }
+            if let Some(name) = line.strip_prefix('[').and_then(|l| l.strip_suffix(']')) {
+                section = name.trim().to_ascii_lowercase();
+                continue;
+            }
+            let Some((key, value)) = line.split_once(['=', ':']) else {
+                continue;
+            };
+            let (key, value) = (key.trim().to_ascii_lowercase(), value.trim());
+            let slot = match (section.as_str(), key.as_str()) {
+                ("core", "project") => &mut props.project,
+                ("compute", "zone") => &mut props.zone,
+                _ => continue,
+            };
+            *slot = (!value.is_empty()).then(|| value.to_owned());
+        }
+        props
+    }
 }
 
 /// Why no [`Target`] could be resolved; a usage error in every case.
@@ -411,5 +500,78 @@ mod tests {
         let err = resolve(&args, &|_| Some("x\ny".into()), &Fallback::default())
             .map_err(|e| e.to_string());
         assert_eq!(err, Err("invalid project \"x\\ny\" from CLOUDSDK_CORE_PROJECT: use a project id such as my-project or example.com:my-project".into()));
+    }
+
+    #[test]
+    fn gcloud_properties_parse_like_configparser() {
+        let text = "[core]\naccount = a@b.c\nproject = my-proj\n\n[compute]\n; comment\nZone: us-east1-b\nregion = us-east1\n[other]\nproject = nope\n";
+        assert_eq!(
+            GcloudProperties::parse(text),
+            GcloudProperties {
+                project: Some("my-proj".into()),
+                zone: Some("us-east1-b".into())
+            }
+        );
+        let empty = GcloudProperties::parse("[core]\nproject =\n[compute]\n");
+        assert_eq!(empty, GcloudProperties::default());
+    }
+
+    #[test]
+    fn fallback_reads_the_active_configuration_then_the_key_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let gcloud = dir.path().join("gcloud");
+        std::fs::create_dir_all(gcloud.join("configurations")).unwrap();
+        let key = dir.path().join("key.json");
+        std::fs::write(
+            &key,
+            r#"{"type":"service_account","project_id":"key-proj"}"#,
+        )
+        .unwrap();
+        let write = |name: &str, text: &str| {
+            std::fs::write(gcloud.join("configurations").join(name), text).unwrap()
+        };
+        write(
+            "config_default",
+            "[core]\nproject = def-proj\n[compute]\nzone = def-zone\n",
+        );
+        write("config_work", "[compute]\nzone = work-zone\n");
+
+        let fb = Fallback::load(Some(&gcloud), None, Some(&key));
+        assert_eq!(fb.project.as_ref().map(|p| p.0.as_str()), Some("def-proj"));
+        assert!(
+            fb.project
+                .unwrap()
+                .1
+                .contains("config_default [core] project")
+        );
+        assert_eq!(fb.zone.map(|z| z.0), Some("def-zone".into()));
+        assert_eq!(fb.looked_at.len(), 2);
+
+        std::fs::write(gcloud.join("active_config"), "work\n").unwrap();
+        let fb = Fallback::load(Some(&gcloud), None, Some(&key));
+        assert_eq!(fb.zone.map(|z| z.0), Some("work-zone".into()));
+        assert_eq!(fb.project.map(|p| p.0), Some("key-proj".into()));
+
+        // CLOUDSDK_ACTIVE_CONFIG_NAME wins over the active_config file.
+        let fb = Fallback::load(Some(&gcloud), Some("default"), None);
+        assert_eq!(fb.zone.map(|z| z.0), Some("def-zone".into()));
+
+        let fb = Fallback::load(Some(&dir.path().join("missing")), None, None);
+        assert!(fb.project.is_none() && fb.zone.is_none());
+        assert!(
+            fb.looked_at[0].contains("config_default"),
+            "{:?}",
+            fb.looked_at
+        );
+
+        // The full chain through resolve(): the environment beats the configuration file.
+        let fb = Fallback::load(Some(&gcloud), Some("default"), Some(&key));
+        let args = TargetArgs {
+            host: "vm".into(),
+            ..Default::default()
+        };
+        let env = |k: &str| (k == ZONE_ENV).then(|| "env-zone".to_owned());
+        let got = resolve(&args, &env, &fb).map(|t| t.describe(22));
+        assert_eq!(got, Ok("vm port 22 in def-proj/env-zone".into()));
     }
 }

@@ -9,7 +9,7 @@ use std::time::Duration;
 use anyhow::{Context, anyhow, bail};
 use rustls::RootCertStore;
 use rustls_pki_types::pem::PemObject;
-use rustls_pki_types::{CertificateDer, ServerName};
+use rustls_pki_types::{CertificateDer, PrivateKeyDer, ServerName};
 use tokio::net::TcpStream;
 use tokio_rustls::TlsConnector;
 use tokio_rustls::client::TlsStream;
@@ -20,6 +20,7 @@ use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
 use tokio_util::either::Either;
 
 use super::auth::Token;
+use super::proxy::Proxy;
 use crate::close::ExitKind;
 use crate::frame::MAX_MESSAGE_LEN;
 
@@ -70,6 +71,8 @@ pub struct Endpoint {
     host: String,
     port: u16,
     root: String,
+    /// An HTTP proxy on the way to the relay (`wss://` only).
+    proxy: Option<Proxy>,
 }
 
 impl Endpoint {
@@ -112,6 +115,7 @@ impl Endpoint {
             host,
             port,
             root,
+            proxy: None,
         })
     }
 
@@ -129,6 +133,23 @@ impl Endpoint {
         )
     }
 
+    /// The same endpoint reached through `proxy`. Plain `ws://` is only for a loopback relay,
+    /// which is never behind a proxy, so the proxy is ignored there.
+    pub fn with_proxy(mut self, proxy: Option<Proxy>) -> Endpoint {
+        self.proxy = proxy.filter(|_| self.tls);
+        self
+    }
+
+    /// The proxy in use, if any.
+    pub fn proxy(&self) -> Option<&Proxy> {
+        self.proxy.as_ref()
+    }
+
+    /// The relay's host name or address.
+    pub fn host(&self) -> &str {
+        &self.host
+    }
+
     /// `host:port`, for messages.
     pub fn authority(&self) -> String {
         if self.host.contains(':') {
@@ -143,11 +164,31 @@ fn is_loopback(host: &str) -> bool {
     host == "localhost" || host.parse::<IpAddr>().is_ok_and(|ip| ip.is_loopback())
 }
 
+/// A client certificate for mutual TLS: PEM chain and PEM private key.
+#[derive(Clone, Copy, Debug)]
+pub struct ClientIdentity<'a> {
+    /// `--client-cert`: the certificate chain, leaf first.
+    pub cert: &'a Path,
+    /// `--client-key`: its private key.
+    pub key: &'a Path,
+}
+
 /// The TLS settings for talking to relays: system roots plus `ca_file`, ring crypto, HTTP/1.1.
 ///
 /// # Errors
 /// When `ca_file` cannot be read or holds no certificate, or no trusted root is found at all.
 pub fn tls_config(ca_file: Option<&Path>) -> anyhow::Result<Arc<rustls::ClientConfig>> {
+    tls_config_with_client(ca_file, None)
+}
+
+/// [`tls_config`] presenting a client certificate when `client` is given (mutual TLS).
+///
+/// # Errors
+/// As [`tls_config`], and when the client certificate and key cannot be read or do not match.
+pub fn tls_config_with_client(
+    ca_file: Option<&Path>,
+    client: Option<ClientIdentity<'_>>,
+) -> anyhow::Result<Arc<rustls::ClientConfig>> {
     let mut roots = RootCertStore::empty();
     // The platform's roots (honours SSL_CERT_FILE / SSL_CERT_DIR); unreadable entries are
     // skipped, as browsers do.
@@ -172,11 +213,38 @@ pub fn tls_config(ca_file: Option<&Path>) -> anyhow::Result<Arc<rustls::ClientCo
         bail!("no trusted root certificates found: install ca-certificates or pass --ca-file");
     }
     let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let mut config = rustls::ClientConfig::builder_with_provider(provider)
+    let builder = rustls::ClientConfig::builder_with_provider(provider)
         .with_safe_default_protocol_versions()
         .context("configuring TLS")?
-        .with_root_certificates(roots)
-        .with_no_client_auth();
+        .with_root_certificates(roots);
+    let mut config = match client {
+        None => builder.with_no_client_auth(),
+        Some(id) => {
+            let chain = CertificateDer::pem_file_iter(id.cert)
+                .with_context(|| format!("reading client certificate {}", id.cert.display()))?
+                .collect::<Result<Vec<_>, _>>()
+                .with_context(|| format!("parsing client certificate {}", id.cert.display()))?;
+            if chain.is_empty() {
+                bail!(
+                    "client certificate file {} holds no PEM certificate",
+                    id.cert.display()
+                );
+            }
+            let key = PrivateKeyDer::from_pem_file(id.key).with_context(|| {
+                format!(
+                    "reading client key {} (expected a PEM private key)",
+                    id.key.display()
+                )
+            })?;
+            builder.with_client_auth_cert(chain, key).with_context(|| {
+                format!(
+                    "client certificate {} and key {} do not form a usable pair",
+                    id.cert.display(),
+                    id.key.display()
+                )
+            })?
+        }
+    };
     config.alpn_protocols = vec![b"http/1.1".to_vec()];
     Ok(Arc::new(config))
 }
@@ -213,12 +281,18 @@ impl Dialer {
     ) -> Result<RelaySocket, DialError> {
         let relay = self.endpoint.authority();
         let other = |message: String| dial_error(ExitKind::Other, message);
-        let tcp = step(
-            TcpStream::connect((self.endpoint.host.as_str(), self.endpoint.port)),
-            || format!("connecting to the relay at {relay}"),
-        )
-        .await?
-        .map_err(|e| other(format!("connecting to the relay at {relay}: {e}: check --endpoint, the network, and any proxy settings")))?;
+        let (host, port) = (self.endpoint.host.as_str(), self.endpoint.port);
+        let tcp = match &self.endpoint.proxy {
+            Some(proxy) => step(proxy.connect(host, port, &self.user_agent), || {
+                format!("connecting to the relay at {relay} through the proxy at {}", proxy.authority())
+            })
+            .await??,
+            _ => step(TcpStream::connect((host, port)), || {
+                format!("connecting to the relay at {relay}")
+            })
+            .await?
+            .map_err(|e| other(format!("connecting to the relay at {relay}: {e}: check --endpoint, the network, and any proxy settings")))?,
+        };
         // Interactive sessions send small writes; Nagle's delay would add latency to each keystroke.
         let _ = tcp.set_nodelay(true);
 
@@ -234,9 +308,9 @@ impl Dialer {
             })
             .await?
             .map_err(|e| {
-                other(format!(
+                other(tls_alert_hint(&e, &relay).unwrap_or_else(|| format!(
                     "TLS handshake with the relay at {relay} failed: {e}: if the relay uses a private CA, pass it with --ca-file"
-                ))
+                )))
             })?;
             Either::Left(tls)
         } else {
@@ -311,10 +385,42 @@ fn upgrade_error(relay: &str, e: tokio_tungstenite::tungstenite::Error) -> DialE
                 ),
             )
         }
+        Error::Io(io) if tls_alert_hint(&io, relay).is_some() => dial_error(
+            ExitKind::Authentication,
+            tls_alert_hint(&io, relay).unwrap_or_default(),
+        ),
         other => dial_error(
             ExitKind::Other,
             format!("WebSocket upgrade at the relay {relay} failed: {other}"),
         ),
+    }
+}
+
+/// A clear message when the relay ended TLS because of our client certificate (or its
+/// absence). In TLS 1.3 the server checks the client's certificate after the client has
+/// finished its side, so the alert shows up on the first read, during the upgrade.
+fn tls_alert_hint(e: &std::io::Error, relay: &str) -> Option<String> {
+    use rustls::AlertDescription as A;
+    let alert = match e.get_ref()?.downcast_ref::<rustls::Error>()? {
+        rustls::Error::AlertReceived(alert) => *alert,
+        _ => return None,
+    };
+    match alert {
+        A::CertificateRequired => Some(format!(
+            "the relay at {relay} requires a client certificate: pass --client-cert and --client-key"
+        )),
+        A::BadCertificate
+        | A::UnknownCA
+        | A::CertificateUnknown
+        | A::CertificateExpired
+        | A::CertificateRevoked
+        | A::UnsupportedCertificate
+        | A::AccessDenied
+        // What rustls sends when a certificate's signature does not verify against the CA.
+        | A::DecryptError => Some(format!(
+            "the relay at {relay} did not accept the client certificate (TLS alert {alert:?}): use one issued by a CA the relay trusts, and check that it has not expired"
+        )),
+        _ => None,
     }
 }
 

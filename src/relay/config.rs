@@ -10,6 +10,7 @@ use serde::Deserialize;
 use super::authn::StaticTokens;
 use super::inventory::Inventory;
 use super::policy::{Binding, Policy, Resource};
+use super::tls::{ClientAuthMode, ClientCa};
 
 /// The file as written.
 #[derive(Debug, Deserialize)]
@@ -41,6 +42,10 @@ pub struct TlsFiles {
     pub cert: PathBuf,
     /// PEM private key.
     pub key: PathBuf,
+    /// PEM CA certificates that client certificates must chain to; turns on mutual TLS.
+    pub client_ca: Option<PathBuf>,
+    /// `"required"` (the default with `client_ca`) or `"optional"`.
+    pub client_auth: Option<ClientAuthMode>,
 }
 
 /// `[[static_tokens]]`.
@@ -79,6 +84,9 @@ pub struct BindingEntry {
     pub resource: String,
     /// Allowed destination ports; absent means any.
     pub ports: Option<Vec<u16>>,
+    /// Condition: the client must have presented a verified TLS client certificate.
+    #[serde(default)]
+    pub require_client_cert: bool,
 }
 
 /// `[limits]`, with defaults suited to a small deployment.
@@ -123,6 +131,8 @@ pub struct RelayConfig {
     pub listen: SocketAddr,
     /// Certificate chain and key paths (resolved against the config file's folder).
     pub tls: Option<(PathBuf, PathBuf)>,
+    /// Client-certificate verification (`[tls] client_ca`), if configured.
+    pub client_ca: Option<ClientCa>,
     /// Static tokens.
     pub tokens: StaticTokens,
     /// Reachable machines.
@@ -164,6 +174,23 @@ impl RelayConfig {
             }
             inventory.add_instance(&entry.project, &entry.zone, &entry.name, entry.interfaces);
         }
+        let client_ca = match &file.tls {
+            Some(TlsFiles {
+                client_ca: Some(ca),
+                client_auth,
+                ..
+            }) => Some(ClientCa {
+                ca: base.join(ca),
+                mode: client_auth.unwrap_or(ClientAuthMode::Required),
+            }),
+            Some(TlsFiles {
+                client_auth: Some(_),
+                ..
+            }) => {
+                bail!("[tls] client_auth needs client_ca, the CA that client certificates chain to")
+            }
+            _ => None,
+        };
         let mut bindings = Vec::new();
         for (i, entry) in file.bindings.into_iter().enumerate() {
             if entry.role != TUNNEL_ROLE {
@@ -201,11 +228,18 @@ impl RelayConfig {
                 members: entry.members,
                 resource,
                 ports: entry.ports,
+                require_client_cert: entry.require_client_cert,
             });
+            if entry.require_client_cert && client_ca.is_none() {
+                bail!(
+                    "bindings[{i}]: require_client_cert needs [tls] client_ca (no client could ever match)"
+                );
+            }
         }
         Ok(RelayConfig {
             listen: file.listen,
             tls: file.tls.map(|t| (base.join(t.cert), base.join(t.key))),
+            client_ca,
             tokens,
             inventory,
             policy: Policy { bindings },
@@ -241,6 +275,8 @@ ports = [22]
     #[test]
     fn good_config_parses_with_paths_resolved() {
         let config = RelayConfig::parse(GOOD, Path::new("/etc/relay")).unwrap();
+        assert_eq!(config.client_ca, None);
+        assert!(!config.policy.bindings[0].require_client_cert);
         let (cert, key) = config.tls.unwrap();
         assert_eq!(cert, Path::new("/etc/relay/c.pem"));
         assert_eq!(key, Path::new("/etc/relay/k.pem"));
@@ -249,6 +285,29 @@ ports = [22]
             config.tokens.authenticate("foo"),
             Some("user:a@example.com")
         );
+    }
+
+    #[test]
+    fn client_certificates_are_configured_in_tls() {
+        let text = GOOD.replace("key = \"k.pem\"", "key = \"k.pem\"\nclient_ca = \"ca.pem\"");
+        let config = RelayConfig::parse(&text, Path::new("/r")).unwrap();
+        let want = ClientCa {
+            ca: "/r/ca.pem".into(),
+            mode: ClientAuthMode::Required,
+        };
+        assert_eq!(config.client_ca, Some(want));
+        let text = text
+            .replace("ports = [22]", "ports = [22]\nrequire_client_cert = true")
+            .replace(
+                "client_ca = \"ca.pem\"",
+                "client_ca = \"ca.pem\"\nclient_auth = \"optional\"",
+            );
+        let config = RelayConfig::parse(&text, Path::new("/r")).unwrap();
+        assert_eq!(
+            config.client_ca.map(|c| c.mode),
+            Some(ClientAuthMode::Optional)
+        );
+        assert!(config.policy.bindings[0].require_client_cert);
     }
 
     #[test]
@@ -272,6 +331,24 @@ ports = [22]
             (
                 GOOD.replace("{ nic0 = \"127.0.0.1\" }", "{}"),
                 "has no interfaces",
+            ),
+            (
+                GOOD.replace("ports = [22]", "require_client_cert = true"),
+                "require_client_cert needs [tls] client_ca",
+            ),
+            (
+                GOOD.replace(
+                    "key = \"k.pem\"",
+                    "key = \"k.pem\"\nclient_auth = \"optional\"",
+                ),
+                "client_auth needs client_ca",
+            ),
+            (
+                GOOD.replace(
+                    "key = \"k.pem\"",
+                    "key = \"k.pem\"\nclient_ca = \"c\"\nclient_auth = \"maybe\"",
+                ),
+                "unknown variant",
             ),
         ];
         for (text, expected) in cases {

@@ -94,6 +94,8 @@ pub struct Binding {
     pub resource: Resource,
     /// Allowed ports; `None` means any.
     pub ports: Option<Vec<u16>>,
+    /// Condition: the caller presented a verified TLS client certificate.
+    pub require_client_cert: bool,
 }
 
 /// All bindings.
@@ -129,9 +131,22 @@ fn is_member(member: &str, principal: &str) -> bool {
     member == principal
 }
 
-/// Whether `principal` may open a tunnel to `port` on `target`. Default deny.
+/// Whether `principal` may open a tunnel to `port` on `target`, for a caller that presented no
+/// TLS client certificate (bindings with `require_client_cert` never match). Default deny.
 pub fn decide(policy: &Policy, principal: &str, target: &Target, port: u16) -> Decision {
-    let mut port_mismatch = None;
+    decide_with_cert(policy, principal, false, target, port)
+}
+
+/// Whether `principal` may open a tunnel to `port` on `target`; `client_cert` says whether the
+/// connection carried a verified TLS client certificate. Default deny.
+pub fn decide_with_cert(
+    policy: &Policy,
+    principal: &str,
+    client_cert: bool,
+    target: &Target,
+    port: u16,
+) -> Decision {
+    let mut unmet = None;
     for binding in &policy.bindings {
         if !binding.resource.covers(target)
             || !binding.members.iter().any(|m| is_member(m, principal))
@@ -139,7 +154,15 @@ pub fn decide(policy: &Policy, principal: &str, target: &Target, port: u16) -> D
             continue;
         }
         match &binding.ports {
-            Some(ports) if !ports.contains(&port) => port_mismatch = Some(binding.name.as_str()),
+            Some(ports) if !ports.contains(&port) => {
+                unmet = Some(format!("{} does not allow port {port}", binding.name));
+            }
+            _ if binding.require_client_cert && !client_cert => {
+                unmet = Some(format!(
+                    "{} requires a verified client certificate and none was presented",
+                    binding.name
+                ));
+            }
             _ => {
                 return Decision::Allow {
                     binding: binding.name.clone(),
@@ -148,10 +171,7 @@ pub fn decide(policy: &Policy, principal: &str, target: &Target, port: u16) -> D
         }
     }
     Decision::Deny {
-        reason: match port_mismatch {
-            Some(name) => format!("{name} does not allow port {port}"),
-            None => "no binding grants this principal the target".to_owned(),
-        },
+        reason: unmet.unwrap_or_else(|| "no binding grants this principal the target".to_owned()),
     }
 }
 
@@ -174,6 +194,7 @@ mod tests {
             members: vec![member.into()],
             resource: Resource::parse(resource).unwrap(),
             ports,
+            require_client_cert: false,
         }
     }
 
@@ -251,6 +272,41 @@ mod tests {
     fn empty_policy_denies() {
         assert!(matches!(
             decide(&Policy::default(), "user:a@x.io", &vm("p", "z", "v"), 22),
+            Decision::Deny { .. }
+        ));
+    }
+
+    #[test]
+    fn client_certificate_condition() {
+        let mut device = binding("dev", "user:a@x.io", "projects/p", Some(vec![22]));
+        device.require_client_cert = true;
+        let policy = Policy {
+            bindings: vec![device],
+        };
+        let target = vm("p", "z", "vm-1");
+        let allow = Decision::Allow {
+            binding: "dev".into(),
+        };
+        assert_eq!(
+            decide_with_cert(&policy, "user:a@x.io", true, &target, 22),
+            allow
+        );
+        for (cert, port, want) in [
+            (false, 22, "dev requires a verified client certificate"),
+            (true, 23, "dev does not allow port 23"),
+        ] {
+            match decide_with_cert(&policy, "user:a@x.io", cert, &target, port) {
+                Decision::Deny { reason } => assert!(reason.contains(want), "{reason}"),
+                other => panic!("expected deny, got {other:?}"),
+            }
+        }
+        // Without certificate information, the condition is never met.
+        assert!(matches!(
+            decide(&policy, "user:a@x.io", &target, 22),
+            Decision::Deny { .. }
+        ));
+        assert!(matches!(
+            decide_with_cert(&policy, "user:b@x.io", true, &target, 22),
             Decision::Deny { .. }
         ));
     }

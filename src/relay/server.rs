@@ -7,8 +7,6 @@ use std::time::{Duration, Instant};
 
 use anyhow::Context;
 use futures_util::{SinkExt, StreamExt};
-use rustls_pki_types::pem::PemObject;
-use rustls_pki_types::{CertificateDer, PrivateKeyDer};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::Semaphore;
 use tokio_rustls::TlsAcceptor;
@@ -24,7 +22,7 @@ use tracing::{Instrument, info, info_span, warn};
 
 use super::authn;
 use super::config::RelayConfig;
-use super::policy::{Decision, decide};
+use super::policy::{Decision, decide_with_cert};
 use super::sessions::{Parked, Registry, SessionInfo};
 use crate::client::dial::{SUBPROTOCOL, websocket_config};
 use crate::close;
@@ -63,7 +61,11 @@ impl Relay {
     /// When the certificate or key cannot be read or do not match.
     pub fn new(config: RelayConfig) -> anyhow::Result<Relay> {
         let tls = match &config.tls {
-            Some((cert, key)) => Some(TlsAcceptor::from(server_tls(cert, key)?)),
+            Some((cert, key)) => Some(TlsAcceptor::from(super::tls::server_config(
+                cert,
+                key,
+                config.client_ca.as_ref(),
+            )?)),
             None => None,
         };
         Ok(Relay {
@@ -77,33 +79,6 @@ impl Relay {
     pub fn scheme(&self) -> &'static str {
         if self.tls.is_some() { "wss" } else { "ws" }
     }
-}
-
-fn server_tls(
-    cert: &std::path::Path,
-    key: &std::path::Path,
-) -> anyhow::Result<Arc<rustls::ServerConfig>> {
-    let chain = CertificateDer::pem_file_iter(cert)
-        .with_context(|| format!("reading certificate {}", cert.display()))?
-        .collect::<Result<Vec<_>, _>>()
-        .with_context(|| format!("parsing certificate {}", cert.display()))?;
-    if chain.is_empty() {
-        anyhow::bail!(
-            "certificate file {} holds no PEM certificate",
-            cert.display()
-        );
-    }
-    let key = PrivateKeyDer::from_pem_file(key)
-        .with_context(|| format!("reading private key {}", key.display()))?;
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let mut config = rustls::ServerConfig::builder_with_provider(provider)
-        .with_safe_default_protocol_versions()
-        .context("configuring TLS")?
-        .with_no_client_auth()
-        .with_single_cert(chain, key)
-        .context("the certificate and private key do not form a usable pair")?;
-    config.alpn_protocols = vec![b"http/1.1".to_vec()];
-    Ok(Arc::new(config))
 }
 
 /// Serves clients on `listener` until `cancel` fires, then closes live tunnels (bounded by
@@ -316,7 +291,14 @@ async fn connect(
     cancel: &CancellationToken,
 ) {
     let described = target.describe(port);
-    let binding = match decide(&relay.config.policy, &principal, &target, port) {
+    let client_cert = super::tls::stream_has_client_cert(ws.get_ref());
+    let binding = match decide_with_cert(
+        &relay.config.policy,
+        &principal,
+        client_cert,
+        &target,
+        port,
+    ) {
         Decision::Allow { binding } => binding,
         Decision::Deny { reason } => {
             info!(%principal, target = %described, %reason, code = close::NOT_AUTHORIZED, "denied");

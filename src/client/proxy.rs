@@ -1,0 +1,441 @@
+//! HTTPS proxies: which one to use (`--proxy`, `HTTPS_PROXY`, `NO_PROXY`) and the HTTP CONNECT
+//! exchange that turns a TCP connection to the proxy into one to the relay. TLS to the relay
+//! then runs inside it, so the proxy sees only the relay's name and port.
+
+use std::fmt;
+
+use base64::Engine;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+use super::dial::DialError;
+use crate::close::ExitKind;
+
+/// Longest CONNECT response head we read; real proxies send a few hundred bytes.
+const MAX_RESPONSE_HEAD: usize = 16 * 1024;
+
+/// An HTTP proxy reached with CONNECT. Its credentials never appear in `Debug` or messages.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Proxy {
+    host: String,
+    port: u16,
+    /// `Basic …` credentials from the URL's user and password.
+    authorization: Option<String>,
+}
+
+impl fmt::Debug for Proxy {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let auth = if self.authorization.is_some() {
+            " (with credentials)"
+        } else {
+            ""
+        };
+        write!(f, "Proxy(http://{}{auth})", self.authority())
+    }
+}
+
+impl Proxy {
+    /// Parses `http://[USER[:PASSWORD]@]HOST[:PORT][/]` (a URL without a scheme is taken as
+    /// `http://`, as curl does; the port defaults to 80).
+    ///
+    /// # Errors
+    /// For other schemes (`https://`, `socks5://`, …), a missing host, or a bad port. The
+    /// message never holds the password.
+    pub fn parse(url: &str) -> Result<Proxy, String> {
+        let url = url.trim();
+        let rest = match url.split_once("://") {
+            None => url,
+            Some((scheme, rest)) if scheme.eq_ignore_ascii_case("http") => rest,
+            Some((scheme, _)) => {
+                let scheme = scheme.to_ascii_lowercase();
+                let why = if scheme.starts_with("socks") {
+                    "SOCKS proxies are not supported"
+                } else if scheme == "https" {
+                    "proxies reached over TLS (https://) are not supported"
+                } else {
+                    "only http:// proxies are supported"
+                };
+                return Err(format!(
+                    "proxy URL scheme {scheme}:// : {why}: use an HTTP proxy that allows CONNECT, as http://HOST:PORT"
+                ));
+            }
+        };
+        let authority = rest.split(['/', '?', '#']).next().unwrap_or_default();
+        let (userinfo, hostport) = match authority.rsplit_once('@') {
+            Some((u, h)) => (Some(u), h),
+            None => (None, authority),
+        };
+        let (host, port) = if let Some(v6) = hostport.strip_prefix('[') {
+            let (host, tail) = v6
+                .split_once(']')
+                .ok_or_else(|| format!("proxy address {hostport:?} has no closing ]"))?;
+            (host, tail.strip_prefix(':'))
+        } else {
+            match hostport.rsplit_once(':') {
+                Some((h, p)) => (h, Some(p)),
+                None => (hostport, None),
+            }
+        };
+        if host.is_empty() {
+            return Err("the proxy URL has no host: use http://HOST:PORT".to_owned());
+        }
+        let port = match port {
+            None | Some("") => 80,
+            Some(p) => p
+                .parse::<u16>()
+                .ok()
+                .filter(|p| *p != 0)
+                .ok_or_else(|| format!("proxy port {p:?} is not a number from 1 to 65535"))?,
+        };
+        let authorization = userinfo.map(|u| {
+            let (user, pass) = u.split_once(':').unwrap_or((u, ""));
+            let plain = format!("{}:{}", percent_decode(user), percent_decode(pass));
+            format!(
+                "Basic {}",
+                base64::engine::general_purpose::STANDARD.encode(plain)
+            )
+        });
+        Ok(Proxy {
+            host: host.to_owned(),
+            port,
+            authorization,
+        })
+    }
+
+    /// The proxy to use for `relay_host`: `flag` (`--proxy`) if given, else `https_proxy` or
+    /// `HTTPS_PROXY` from `env` unless `NO_PROXY`/`no_proxy` lists the host. An empty value
+    /// means none.
+    ///
+    /// # Errors
+    /// When the chosen URL does not parse; the message names where it came from.
+    pub fn select(
+        flag: Option<&str>,
+        env: &dyn Fn(&str) -> Option<String>,
+        relay_host: &str,
+    ) -> Result<Option<Proxy>, String> {
+        if let Some(url) = flag {
+            return match url.trim() {
+                "" | "none" => Ok(None),
+                url => Proxy::parse(url)
+                    .map(Some)
+                    .map_err(|e| format!("--proxy: {e}")),
+            };
+        }
+        let Some((name, url)) = ["https_proxy", "HTTPS_PROXY"]
+            .into_iter()
+            .find_map(|n| env(n).filter(|v| !v.trim().is_empty()).map(|v| (n, v)))
+        else {
+            return Ok(None);
+        };
+        let no_proxy = env("no_proxy")
+            .or_else(|| env("NO_PROXY"))
+            .unwrap_or_default();
+        if no_proxy_matches(&no_proxy, relay_host) {
+            return Ok(None);
+        }
+        Proxy::parse(&url)
+            .map(Some)
+            .map_err(|e| format!("{name}: {e}"))
+    }
+
+    /// `host:port` of the proxy, for messages.
+    pub fn authority(&self) -> String {
+        if self.host.contains(':') {
+            format!("[{}]:{}", self.host, self.port)
+        } else {
+            format!("{}:{}", self.host, self.port)
+        }
+    }
+
+    /// The CONNECT request for `host:port`.
+    pub fn connect_request(&self, host: &str, port: u16, user_agent: &str) -> String {
+        let target = if host.contains(':') {
+            format!("[{host}]:{port}")
+        } else {
+            format!("{host}:{port}")
+        };
+        let mut request =
+            format!("CONNECT {target} HTTP/1.1\r\nHost: {target}\r\nUser-Agent: {user_agent}\r\n");
+        if let Some(auth) = &self.authorization {
+            request.push_str(&format!("Proxy-Authorization: {auth}\r\n"));
+        }
+        request.push_str("\r\n");
+        request
+    }
+
+    /// Connects to the proxy and asks it for a tunnel to `host:port`. The caller bounds the
+    /// time this takes.
+    ///
+    /// # Errors
+    /// A one-line [`DialError`] for an unreachable proxy or a refused CONNECT (407 and 403
+    /// say what to do).
+    pub async fn connect(
+        &self,
+        host: &str,
+        port: u16,
+        user_agent: &str,
+    ) -> Result<TcpStream, DialError> {
+        let fail = |message: String| DialError {
+            kind: ExitKind::Other,
+            message,
+        };
+        let proxy = self.authority();
+        let mut stream = TcpStream::connect((self.host.as_str(), self.port))
+            .await
+            .map_err(|e| {
+                fail(format!(
+                    "connecting to the proxy at {proxy}: {e}: check --proxy or HTTPS_PROXY"
+                ))
+            })?;
+        let request = self.connect_request(host, port, user_agent);
+        stream
+            .write_all(request.as_bytes())
+            .await
+            .map_err(|e| fail(format!("sending CONNECT to the proxy at {proxy}: {e}")))?;
+        // Read byte by byte up to the blank line: whatever follows belongs to TLS, and a
+        // buffered read could swallow it.
+        let mut head = Vec::with_capacity(256);
+        while !head.ends_with(b"\r\n\r\n") {
+            if head.len() >= MAX_RESPONSE_HEAD {
+                return Err(fail(format!(
+                    "the proxy at {proxy} sent an oversized answer to CONNECT"
+                )));
+            }
+            let byte = stream.read_u8().await.map_err(|e| {
+                fail(format!(
+                    "the proxy at {proxy} closed the connection during CONNECT: {e}"
+                ))
+            })?;
+            head.push(byte);
+        }
+        let relay = format!("{host}:{port}");
+        check_connect_response(&head)
+            .map_err(|(status, reason)| fail(self.refusal(status, &reason, &relay)))?;
+        Ok(stream)
+    }
+
+    fn refusal(&self, status: u16, reason: &str, relay: &str) -> String {
+        let proxy = self.authority();
+        let reason = crate::close::sanitize_reason(reason);
+        match status {
+            // 407 is the standard answer; some proxies (tinyproxy) send 401 instead.
+            401 | 407 if self.authorization.is_some() => format!(
+                "the proxy at {proxy} rejected the user and password in the proxy URL (HTTP {status} {reason}): check them"
+            ),
+            401 | 407 => format!(
+                "the proxy at {proxy} requires authentication (HTTP {status} {reason}): put the user and password in the proxy URL, as http://USER:PASSWORD@HOST:PORT"
+            ),
+            403 => format!(
+                "the proxy at {proxy} refused to connect to the relay {relay} (HTTP 403 {reason}): ask its administrator to allow CONNECT there, or list the relay in NO_PROXY"
+            ),
+            0 => format!(
+                "the proxy at {proxy} did not answer CONNECT with HTTP: check the proxy URL"
+            ),
+            _ => format!(
+                "the proxy at {proxy} refused CONNECT to the relay {relay} (HTTP {status} {reason}): check the proxy settings"
+            ),
+        }
+    }
+}
+
+/// Checks a CONNECT response head: `Ok` for 2xx, else the status (0 if not HTTP) and reason.
+pub fn check_connect_response(head: &[u8]) -> Result<(), (u16, String)> {
+    let line = head.split(|&b| b == b'\n').next().unwrap_or_default();
+    let line = String::from_utf8_lossy(line);
+    let mut parts = line.trim_end().splitn(3, ' ');
+    let (version, status, reason) = (parts.next(), parts.next(), parts.next());
+    let status = match (version, status.and_then(|s| s.parse::<u16>().ok())) {
+        (Some(v), Some(status)) if v.starts_with("HTTP/1.") => status,
+        _ => return Err((0, String::new())),
+    };
+    if (200..300).contains(&status) {
+        Ok(())
+    } else {
+        Err((status, reason.unwrap_or_default().to_owned()))
+    }
+}
+
+/// Whether `host` is listed in a `NO_PROXY` value: `*`, exact names or addresses, and domain
+/// suffixes (`example.com` and `.example.com` both cover `relay.example.com`). Ports in
+/// entries are ignored; matching ignores case.
+pub fn no_proxy_matches(list: &str, host: &str) -> bool {
+    let host = host
+        .trim_start_matches('[')
+        .trim_end_matches(']')
+        .to_ascii_lowercase();
+    list.split([',', ' '])
+        .map(str::trim)
+        .filter(|e| !e.is_empty())
+        .any(|entry| {
+            if entry == "*" {
+                return true;
+            }
+            // Strip a port, keeping bare IPv6 addresses whole.
+            let entry = match entry.strip_prefix('[') {
+                Some(v6) => v6.split(']').next().unwrap_or_default(),
+                None if entry.matches(':').count() == 1 => {
+                    entry.split(':').next().unwrap_or_default()
+                }
+                None => entry,
+            };
+            let entry = entry.to_ascii_lowercase();
+            let domain = entry.trim_start_matches('.');
+            host == domain || host.ends_with(&format!(".{domain}"))
+        })
+}
+
+fn percent_decode(s: &str) -> String {
+    let bytes = s.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        let hex = |b: u8| (b as char).to_digit(16);
+        match (bytes[i], bytes.get(i + 1), bytes.get(i + 2)) {
+            (b'%', Some(&h), Some(&l)) if hex(h).is_some() && hex(l).is_some() => {
+                out.push((hex(h).unwrap_or(0) * 16 + hex(l).unwrap_or(0)) as u8);
+                i += 3;
+            }
+            (b, _, _) => {
+                out.push(b);
+                i += 1;
+            }
+        }
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn proxy_urls_parse_and_credentials_stay_hidden() {
+        let p = Proxy::parse("http://user:p%40ss@proxy.corp:3128/").unwrap();
+        assert_eq!(p.authority(), "proxy.corp:3128");
+        // base64("user:p@ss")
+        assert_eq!(p.authorization.as_deref(), Some("Basic dXNlcjpwQHNz"));
+        let shown = format!("{p:?}");
+        assert!(
+            !shown.contains("p@ss") && !shown.contains("dXNl"),
+            "{shown}"
+        );
+        let req = p.connect_request("relay.example", 443, "iap-ssh/0");
+        assert_eq!(
+            req,
+            "CONNECT relay.example:443 HTTP/1.1\r\nHost: relay.example:443\r\nUser-Agent: iap-ssh/0\r\nProxy-Authorization: Basic dXNlcjpwQHNz\r\n\r\n"
+        );
+        let p = Proxy::parse("[::1]:8080").unwrap();
+        assert_eq!(p.authority(), "[::1]:8080");
+        assert_eq!(
+            p.connect_request("::1", 9, "ua"),
+            "CONNECT [::1]:9 HTTP/1.1\r\nHost: [::1]:9\r\nUser-Agent: ua\r\n\r\n"
+        );
+        assert_eq!(Proxy::parse("HTTP://h").unwrap().authority(), "h:80");
+    }
+
+    #[test]
+    fn bad_proxy_urls_are_clear_errors() {
+        let cases = [
+            ("socks5://h:1080", "SOCKS proxies are not supported"),
+            ("https://h:443", "over TLS (https://) are not supported"),
+            ("ftp://h", "only http:// proxies"),
+            ("http://:3128", "has no host"),
+            ("http://h:99999", "not a number"),
+            ("http://u:secret@h:x", "not a number"),
+            ("http://[::1", "no closing ]"),
+        ];
+        for (url, want) in cases {
+            let err = Proxy::parse(url).unwrap_err();
+            assert!(
+                err.contains(want) && !err.contains("secret"),
+                "{url}: {err}"
+            );
+        }
+    }
+
+    #[test]
+    fn selection_follows_flag_then_environment_and_no_proxy() {
+        let env = |vars: &'static [(&'static str, &'static str)]| {
+            move |k: &str| {
+                vars.iter()
+                    .find(|(n, _)| *n == k)
+                    .map(|(_, v)| (*v).to_owned())
+            }
+        };
+        let authority = |r: Result<Option<Proxy>, String>| r.map(|p| p.map(|p| p.authority()));
+        let e = env(&[
+            ("HTTPS_PROXY", "http://env:1"),
+            ("NO_PROXY", ".corp,10.0.0.1"),
+        ]);
+        assert_eq!(
+            authority(Proxy::select(None, &e, "relay.io")),
+            Ok(Some("env:1".into()))
+        );
+        assert_eq!(authority(Proxy::select(None, &e, "r.corp")), Ok(None));
+        assert_eq!(authority(Proxy::select(None, &e, "10.0.0.1")), Ok(None));
+        assert_eq!(
+            authority(Proxy::select(Some("flag:2"), &e, "r.corp")),
+            Ok(Some("flag:2".into()))
+        );
+        assert_eq!(authority(Proxy::select(Some(""), &e, "relay.io")), Ok(None));
+        let lower = env(&[
+            ("https_proxy", "http://low:3"),
+            ("HTTPS_PROXY", "http://up:4"),
+        ]);
+        assert_eq!(
+            authority(Proxy::select(None, &lower, "x")),
+            Ok(Some("low:3".into()))
+        );
+        let bad = env(&[("HTTPS_PROXY", "socks5://h")]);
+        let err = Proxy::select(None, &bad, "x").unwrap_err();
+        assert!(err.starts_with("HTTPS_PROXY: "), "{err}");
+        assert_eq!(authority(Proxy::select(None, &env(&[]), "x")), Ok(None));
+    }
+
+    #[test]
+    fn no_proxy_table() {
+        let cases = [
+            ("*", "anything", true),
+            ("example.com", "example.com", true),
+            ("example.com", "relay.example.com", true),
+            (".example.com", "relay.example.com", true),
+            ("example.com", "badexample.com", false),
+            ("a.io, example.com:443", "relay.EXAMPLE.com", true),
+            ("127.0.0.1", "127.0.0.1", true),
+            ("127.0.0.1", "127.0.0.2", false),
+            ("::1", "[::1]", true),
+            ("[::1]:443", "::1", true),
+            ("", "x", false),
+        ];
+        for (list, host, want) in cases {
+            assert_eq!(no_proxy_matches(list, host), want, "{list:?} {host}");
+        }
+    }
+
+    #[test]
+    fn connect_responses() {
+        assert_eq!(
+            check_connect_response(b"HTTP/1.1 200 Connection established\r\n\r\n"),
+            Ok(())
+        );
+        assert_eq!(check_connect_response(b"HTTP/1.0 200 OK\r\n\r\n"), Ok(()));
+        assert_eq!(
+            check_connect_response(b"HTTP/1.1 407 Proxy Authentication Required\r\nX: y\r\n\r\n"),
+            Err((407, "Proxy Authentication Required".into()))
+        );
+        assert_eq!(
+            check_connect_response(b"SSH-2.0-OpenSSH\r\n\r\n"),
+            Err((0, String::new()))
+        );
+        let p = Proxy::parse("http://u:pw@h:1").unwrap();
+        let msg = p.refusal(407, "Proxy Authentication Required", "r:443");
+        assert!(msg.contains("rejected the user and password"), "{msg}");
+        let p = Proxy::parse("http://h:1").unwrap();
+        assert!(p.refusal(407, "", "r:443").contains("USER:PASSWORD@"));
+        let msg = p.refusal(403, "Forbidden\x1b[2J", "r:443");
+        assert!(
+            msg.contains("HTTP 403") && msg.contains("NO_PROXY") && !msg.contains('\x1b'),
+            "{msg}"
+        );
+    }
+}
