@@ -296,6 +296,16 @@ impl TunnelConfig {
                 "connection ended"
             );
             if end.resumable() {
+                if matches!(
+                    end,
+                    PumpEnd::PeerClosed {
+                        code: close::REAUTHENTICATION_REQUIRED,
+                        ..
+                    }
+                ) {
+                    // The relay wants a new token, not the cached copy of the old one.
+                    self.credentials.forget_cached();
+                }
                 let why = match &end {
                     PumpEnd::PeerClosed { code, .. } => format!("close {code}"),
                     PumpEnd::TransportLost(detail) => detail.clone(),
