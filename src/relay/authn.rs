@@ -1,12 +1,129 @@
-//! Who is calling: bearer tokens checked against the relay's configuration.
+//! Who is calling: bearer tokens checked by one of several methods, chosen per token.
 //!
-//! Static tokens are stored only as SHA-256 hashes. A presented token is hashed and compared
-//! with every stored hash in constant time, with no early exit, so neither the comparison nor
-//! the position of a match leaks through timing. Nothing here logs a token or a hash of one.
+//! A token shaped like a JWT goes to the JWT issuers; otherwise a static token is tried, then
+//! the token-info endpoint. Static tokens are stored only as SHA-256 hashes; a presented token
+//! is hashed and compared with every stored hash in constant time, with no early exit, so
+//! neither the comparison nor the position of a match leaks through timing. Nothing here logs
+//! a token or a value derived from one.
+
+use std::fmt;
+use std::time::SystemTime;
 
 use anyhow::bail;
 use ring::digest::{SHA256, digest};
 use subtle::ConstantTimeEq;
+
+use super::jwt::JwtVerifier;
+use super::tokeninfo::TokenInfo;
+
+/// An authenticated caller.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Identity {
+    /// `user:…` or `serviceAccount:…`.
+    pub principal: String,
+    /// When the credential stops being valid; the relay asks for a fresh one then (4004).
+    pub expires_at: Option<SystemTime>,
+    /// Which method accepted it, for the audit log.
+    pub method: &'static str,
+}
+
+/// Why a token was refused. The client sees only HTTP 401; this goes to the audit log.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum AuthError {
+    /// No `Authorization: Bearer` header.
+    Missing,
+    /// Not a well-formed token of the kind it looks like.
+    Malformed,
+    /// Past its `exp`.
+    Expired,
+    /// Before its `nbf`.
+    NotYetValid,
+    /// Issued by someone the relay does not trust.
+    WrongIssuer,
+    /// Meant for another audience.
+    WrongAudience,
+    /// An algorithm outside the issuer's allow-list (`none`, HMAC, …).
+    BadAlgorithm,
+    /// Signed with a key the issuer's JWKS does not hold.
+    UnknownKey,
+    /// The signature does not verify.
+    BadSignature,
+    /// Valid, but names nobody.
+    NoIdentity,
+    /// No method knows this token.
+    UnknownToken,
+    /// The token-info endpoint could not be asked.
+    Unavailable(String),
+}
+
+impl AuthError {
+    /// A short reason for logs and metrics labels.
+    pub fn reason(&self) -> &'static str {
+        match self {
+            AuthError::Missing => "missing",
+            AuthError::Malformed => "malformed",
+            AuthError::Expired => "expired",
+            AuthError::NotYetValid => "not_yet_valid",
+            AuthError::WrongIssuer => "wrong_issuer",
+            AuthError::WrongAudience => "wrong_audience",
+            AuthError::BadAlgorithm => "bad_algorithm",
+            AuthError::UnknownKey => "unknown_key",
+            AuthError::BadSignature => "bad_signature",
+            AuthError::NoIdentity => "no_identity",
+            AuthError::UnknownToken => "unknown_token",
+            AuthError::Unavailable(_) => "unavailable",
+        }
+    }
+}
+
+impl fmt::Display for AuthError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            AuthError::Unavailable(detail) => write!(f, "unavailable: {detail}"),
+            other => f.write_str(other.reason()),
+        }
+    }
+}
+
+/// All configured methods.
+#[derive(Debug, Default)]
+pub struct Authenticator {
+    /// Static tokens.
+    pub tokens: StaticTokens,
+    /// JWT issuers, if any.
+    pub jwt: Option<JwtVerifier>,
+    /// The token-info endpoint, if configured.
+    pub tokeninfo: Option<TokenInfo>,
+}
+
+fn looks_like_jwt(token: &str) -> bool {
+    token.starts_with("eyJ") && token.split('.').count() == 3
+}
+
+impl Authenticator {
+    /// Who `token` belongs to.
+    ///
+    /// # Errors
+    /// Why it was refused.
+    pub async fn authenticate(&self, token: &str) -> Result<Identity, AuthError> {
+        if let Some(jwt) = &self.jwt
+            && looks_like_jwt(token)
+        {
+            return jwt.verify(token).await;
+        }
+        if let Some(principal) = self.tokens.authenticate(token) {
+            return Ok(Identity {
+                principal: principal.to_owned(),
+                expires_at: None,
+                method: "static",
+            });
+        }
+        match &self.tokeninfo {
+            Some(info) => info.verify(token).await,
+            None => Err(AuthError::UnknownToken),
+        }
+    }
+}
 
 /// The configured static tokens.
 #[derive(Debug, Default)]

@@ -1,9 +1,17 @@
 //! The `iap-relay` server: configuration, authentication, policy, inventory, and the server
 //! loop that joins clients to backends.
 
+pub mod admin;
+pub mod audit;
 pub mod authn;
 pub mod config;
+pub mod http;
 pub mod inventory;
+pub mod jwt;
+pub mod metrics;
 pub mod policy;
 pub mod server;
 pub mod sessions;
+pub mod tls;
+pub mod tokeninfo;
+pub mod upgrade;
