@@ -232,3 +232,45 @@ fn gcloud_resumes_through_forced_reauthentication() {
         "gcloud did not resume after every 4004:\n{log}"
     );
 }
+
+/// ssh ends its ProxyCommand with SIGHUP; the tunnel must close in order (not look like a lost
+/// connection that the relay parks for resume).
+#[test]
+fn finished_ssh_session_closes_in_order() {
+    if !require_openssh() {
+        return;
+    }
+    let token = random_hex(24);
+    let relay = spawn_relay(&RelaySpec::standard(ALICE, &token));
+    let sshd = spawn_sshd();
+    let token_file = write_token_file(&sshd.subdir("secrets"), &token);
+    let mut cmd = ssh_command("ssh", &sshd);
+    cmd.args(ssh_base_args(
+        &sshd,
+        &proxy_command(&relay, &token_file, ""),
+    ))
+    .arg(dotted_host())
+    .arg("echo hello");
+    let out = run_with_timeout(&mut cmd, COMMAND_TIMEOUT);
+    assert!(out.status.success(), "{}", describe(&out));
+    let started = Instant::now();
+    loop {
+        let log = relay.log();
+        if log.contains(" close ") {
+            assert!(
+                !log.contains("parked"),
+                "a finished session was parked:\n{log}"
+            );
+            assert!(
+                log.contains("client closed") || log.contains("backend closed"),
+                "{log}"
+            );
+            break;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(10),
+            "no close line:\n{log}"
+        );
+        thread::sleep(Duration::from_millis(20));
+    }
+}

@@ -100,6 +100,8 @@ pub enum PumpEnd {
         /// The close code sent.
         code: u16,
     },
+    /// No DATA either way for the idle timeout; we closed with 1008.
+    IdleTimeout,
 }
 
 impl PumpEnd {
@@ -176,6 +178,8 @@ pub struct Attach<'a> {
     pub detach: Option<&'a Detach>,
     /// Optional dead-path detection (clients only: gcloud fails on pings from a relay).
     pub keepalive: Option<Keepalive>,
+    /// Close with 1008 after this long without DATA either way.
+    pub idle_timeout: Option<Duration>,
 }
 
 impl<'a> Attach<'a> {
@@ -188,6 +192,7 @@ impl<'a> Attach<'a> {
             shutdown,
             detach: None,
             keepalive: None,
+            idle_timeout: None,
         }
     }
 }
@@ -243,7 +248,9 @@ where
         shutdown: cancel,
         detach,
         keepalive,
+        idle_timeout,
     } = attach;
+    let mut last_data = Instant::now();
     let never = CancellationToken::new();
     let detach_token = detach.map_or(&never, |d| &d.token);
     let (mut sink, mut stream) = ws.split();
@@ -285,7 +292,10 @@ where
         tokio::select! {
             () = cancel.cancelled(), if close_sent.is_none() => {
                 outbox.clear();
-                outbox.push_back(close_message(1001, "shutting down"));
+                // A client stopping (ssh's SIGHUP at the end of a session) ends the tunnel in
+                // order; a relay shutting down is "going away".
+                let code = match role { Role::Client => close::NORMAL, Role::Relay => 1001 };
+                outbox.push_back(close_message(code, if role == Role::Client { "" } else { "shutting down" }));
                 close_sent = Some((Instant::now() + CLOSE_WAIT, PumpEnd::Cancelled));
             }
             () = detach_token.cancelled(), if close_sent.is_none() => {
@@ -295,7 +305,13 @@ where
                 let _ = tokio::time::timeout(DETACH_SEND_WAIT, sink.send(close_message(code, close::reason_text(code)))).await;
                 return PumpEnd::Detached { code };
             }
-            _ = tick.tick(), if keepalive.is_some() && close_sent.is_none() => {
+            _ = tick.tick(), if (keepalive.is_some() || idle_timeout.is_some()) && close_sent.is_none() => {
+                if idle_timeout.is_some_and(|limit| last_data.elapsed() >= limit) {
+                    outbox.clear();
+                    outbox.push_back(close_message(POLICY_VIOLATION, "idle timeout"));
+                    close_sent = Some((Instant::now() + CLOSE_WAIT, PumpEnd::IdleTimeout));
+                    continue;
+                }
                 if let Some(k) = keepalive {
                     match alive.check(k, session.state.unacked() > 0) {
                         Check::Fine => {}
@@ -318,6 +334,7 @@ where
                         match on_binary(session, &bytes, role, &mut long_close_reason) {
                             Inbound::Nothing => {}
                             Inbound::Data { ack_now } => {
+                                last_data = Instant::now();
                                 if let Some(n) = ack_now {
                                     outbox.push_back(Message::Binary(frame::ack(n)));
                                     ack_at = None;
@@ -360,6 +377,7 @@ where
             }
             read = session.input.read_message(), if read_local => match read {
                 Ok(Some(message)) => {
+                    last_data = Instant::now();
                     if session.state.unacked() == 0 {
                         alive.waiting();
                     }
@@ -409,6 +427,9 @@ where
         }
     }
 }
+
+/// Close code for ends the relay's limits impose (idle, session length).
+pub const POLICY_VIOLATION: u16 = 1008;
 
 /// How long a detaching pump tries to send its close on a connection that may be dead.
 const DETACH_SEND_WAIT: Duration = Duration::from_millis(200);
