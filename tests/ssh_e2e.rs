@@ -172,7 +172,7 @@ fn ssh_runs_command_and_propagates_exit_status() {
 
 /// Every HOST form of the contract: `.iap` suffix, bare name with --zone/--project, bare name
 /// (with or without `.iap`) with CLOUDSDK_COMPUTE_ZONE/CLOUDSDK_CORE_PROJECT, INSTANCE.ZONE with
-/// --project; and no zone at all.
+/// --project; no zone at all; and zone and project from the active gcloud configuration.
 #[test]
 fn ssh_host_name_forms() {
     let Some(s) = setup() else { return };
@@ -220,6 +220,20 @@ fn ssh_host_name_forms() {
         "the error should say where the zone is looked for\n{}",
         describe(&out)
     );
+
+    // The active gcloud configuration ($CLOUDSDK_CONFIG, which hermetic_env points at an empty
+    // folder of this test) supplies them, as `gcloud config set` would have written them.
+    let gcloud = s.sshd.dir.path().join("gcloud-config");
+    fs::create_dir_all(gcloud.join("configurations")).unwrap();
+    fs::write(gcloud.join("active_config"), "e2e").unwrap();
+    fs::write(
+        gcloud.join("configurations").join("config_e2e"),
+        format!("[core]\nproject = {PROJECT}\n\n[compute]\nzone = {ZONE}\n"),
+    )
+    .unwrap();
+    let out = s.ssh(&s.pc, &format!("{INSTANCE}.iap"), "echo gcloud-config");
+    assert!(out.status.success(), "{}\n{}", describe(&out), s.logs());
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "gcloud-config\n");
 }
 
 #[test]
