@@ -340,6 +340,9 @@ impl TunnelConfig {
                 PumpEnd::Detached { code } => Err(Failure::other(format!(
                     "the tunnel was detached with code {code}"
                 ))),
+                PumpEnd::IdleTimeout => {
+                    Err(Failure::other("the tunnel was idle too long".to_owned()))
+                }
             };
         };
         // Whatever arrived before the end still belongs to the user.

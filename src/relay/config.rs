@@ -7,10 +7,14 @@ use std::path::{Path, PathBuf};
 use anyhow::{Context, bail};
 use serde::Deserialize;
 
+use std::time::{Duration, SystemTime};
+
 use super::authn::StaticTokens;
-use super::inventory::Inventory;
+use super::inventory::{Cidr, DestGroup, Inventory};
+use super::jwt::JwtIssuerConfig;
 use super::policy::{Binding, Policy, Resource};
 use super::tls::{ClientAuthMode, ClientCa};
+use super::tokeninfo::TokenInfoConfig;
 
 /// The file as written.
 #[derive(Debug, Deserialize)]
@@ -32,6 +36,53 @@ pub struct RelayFile {
     /// Timeouts and limits.
     #[serde(default)]
     pub limits: Limits,
+    /// Address of the admin endpoint (`/healthz`, `/metrics`); off when absent.
+    pub admin_listen: Option<SocketAddr>,
+    /// File the audit log (JSON lines) is appended to; off when absent.
+    pub audit_log: Option<PathBuf>,
+    /// Proxies (addresses or CIDR ranges) whose `X-Forwarded-For` is believed.
+    #[serde(default)]
+    pub trusted_proxies: Vec<String>,
+    /// OIDC/JWT issuers whose tokens are accepted.
+    #[serde(default)]
+    pub jwt: Vec<JwtIssuerConfig>,
+    /// A token-info endpoint for Google-style access tokens.
+    pub tokeninfo: Option<TokenInfoConfig>,
+    /// Extra CA (PEM) trusted for the relay's own HTTPS lookups (JWKS, token-info).
+    pub outbound_ca_file: Option<PathBuf>,
+    /// Groups that bindings may name as `group:NAME`.
+    #[serde(default)]
+    pub groups: Vec<GroupEntry>,
+    /// Destination groups for host-mode targets.
+    #[serde(default)]
+    pub dest_groups: Vec<DestGroupEntry>,
+}
+
+/// `[[groups]]`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct GroupEntry {
+    /// `group:NAME`.
+    pub name: String,
+    /// `user:…`, `serviceAccount:…`, `domain:…`.
+    pub members: Vec<String>,
+}
+
+/// `[[dest_groups]]`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DestGroupEntry {
+    /// Project id.
+    pub project: String,
+    /// Region.
+    pub region: String,
+    /// Group name.
+    pub name: String,
+    /// Address ranges the relay may dial for this group.
+    pub cidrs: Vec<String>,
+    /// Host names clients may ask for; they must resolve inside `cidrs`.
+    #[serde(default)]
+    pub fqdns: Vec<String>,
 }
 
 /// `[tls]`.
@@ -87,6 +138,8 @@ pub struct BindingEntry {
     /// Condition: the client must have presented a verified TLS client certificate.
     #[serde(default)]
     pub require_client_cert: bool,
+    /// Condition: the binding ends at this time (a TOML date-time with offset).
+    pub expires: Option<toml::value::Datetime>,
 }
 
 /// `[limits]`, with defaults suited to a small deployment.
@@ -106,6 +159,14 @@ pub struct Limits {
     /// When set, every this many seconds a session's WebSocket is closed with 4004 so the
     /// client resumes with a fresh token (continuous authentication).
     pub reauthenticate_after_secs: Option<u64>,
+    /// Tunnels one principal may hold at once.
+    pub max_connections_per_principal: usize,
+    /// Seconds without tunnel data either way before a session is closed.
+    pub idle_timeout_secs: Option<u64>,
+    /// Longest a session may last, in seconds.
+    pub max_session_secs: Option<u64>,
+    /// On SIGTERM, seconds live sessions may take to finish before they are closed.
+    pub drain_secs: u64,
 }
 
 impl Default for Limits {
@@ -117,6 +178,10 @@ impl Default for Limits {
             max_unacked_bytes: crate::session::state::DEFAULT_MAX_UNACKED,
             resume_window_secs: 60,
             reauthenticate_after_secs: None,
+            max_connections_per_principal: 1000,
+            idle_timeout_secs: None,
+            max_session_secs: None,
+            drain_secs: 30,
         }
     }
 }
@@ -141,6 +206,18 @@ pub struct RelayConfig {
     pub policy: Policy,
     /// Limits.
     pub limits: Limits,
+    /// Admin endpoint address.
+    pub admin_listen: Option<SocketAddr>,
+    /// Audit log file.
+    pub audit_log: Option<PathBuf>,
+    /// Proxies whose `X-Forwarded-For` is believed.
+    pub trusted_proxies: Vec<Cidr>,
+    /// JWT issuers (JWKS file paths resolved).
+    pub jwt: Vec<JwtIssuerConfig>,
+    /// Token-info endpoint.
+    pub tokeninfo: Option<TokenInfoConfig>,
+    /// Extra CA for the relay's own HTTPS lookups.
+    pub outbound_ca_file: Option<PathBuf>,
 }
 
 impl RelayConfig {
@@ -174,6 +251,56 @@ impl RelayConfig {
             }
             inventory.add_instance(&entry.project, &entry.zone, &entry.name, entry.interfaces);
         }
+        for (i, entry) in file.dest_groups.into_iter().enumerate() {
+            let what = format!("dest_groups[{i}] ({})", entry.name);
+            if entry.cidrs.is_empty() {
+                bail!(
+                    "{what}: cidrs is empty: list the address ranges the relay may dial for this group"
+                );
+            }
+            let cidrs = entry
+                .cidrs
+                .iter()
+                .map(|c| Cidr::parse(c))
+                .collect::<anyhow::Result<Vec<_>>>()
+                .with_context(|| what.clone())?;
+            inventory.add_group(DestGroup {
+                project: entry.project,
+                region: entry.region,
+                name: entry.name,
+                cidrs,
+                fqdns: entry.fqdns,
+            });
+        }
+        let mut groups = HashMap::new();
+        for (i, entry) in file.groups.into_iter().enumerate() {
+            if !entry.name.starts_with("group:") || entry.name.len() <= 6 {
+                bail!(
+                    "groups[{i}]: name {:?} must look like group:NAME",
+                    entry.name
+                );
+            }
+            for m in &entry.members {
+                if m.starts_with("group:") {
+                    bail!(
+                        "groups[{i}] ({}): member {m:?}: groups cannot contain groups",
+                        entry.name
+                    );
+                }
+                check_member(m).with_context(|| format!("groups[{i}] ({})", entry.name))?;
+            }
+            groups.insert(entry.name, entry.members);
+        }
+        let trusted_proxies = file
+            .trusted_proxies
+            .iter()
+            .map(|c| Cidr::parse(c))
+            .collect::<anyhow::Result<Vec<_>>>()
+            .context("trusted_proxies")?;
+        let mut jwt = file.jwt;
+        for issuer in &mut jwt {
+            issuer.jwks_file = issuer.jwks_file.take().map(|f| base.join(f));
+        }
         let client_ca = match &file.tls {
             Some(TlsFiles {
                 client_ca: Some(ca),
@@ -203,15 +330,17 @@ impl RelayConfig {
                 bail!("bindings[{i}] has no members");
             }
             for member in &entry.members {
-                if !["user:", "serviceAccount:", "group:", "domain:"]
-                    .iter()
-                    .any(|p| member.starts_with(p) && member.len() > p.len())
-                {
-                    bail!(
-                        "bindings[{i}]: member {member:?} must start with user:, serviceAccount:, group: or domain:"
-                    );
+                check_member(member).with_context(|| format!("bindings[{i}]"))?;
+                if member.starts_with("group:") && !groups.contains_key(member) {
+                    bail!("bindings[{i}]: {member} is not defined in [[groups]]");
                 }
             }
+            let expires = entry
+                .expires
+                .as_ref()
+                .map(datetime_to_system)
+                .transpose()
+                .with_context(|| format!("bindings[{i}]: expires"))?;
             let resource =
                 Resource::parse(&entry.resource).with_context(|| format!("bindings[{i}]"))?;
             if entry
@@ -229,6 +358,7 @@ impl RelayConfig {
                 resource,
                 ports: entry.ports,
                 require_client_cert: entry.require_client_cert,
+                expires,
             });
             if entry.require_client_cert && client_ca.is_none() {
                 bail!(
@@ -242,10 +372,56 @@ impl RelayConfig {
             client_ca,
             tokens,
             inventory,
-            policy: Policy { bindings },
+            policy: Policy { bindings, groups },
             limits: file.limits,
+            admin_listen: file.admin_listen,
+            audit_log: file.audit_log.map(|p| base.join(p)),
+            trusted_proxies,
+            jwt,
+            tokeninfo: file.tokeninfo,
+            outbound_ca_file: file.outbound_ca_file.map(|p| base.join(p)),
         })
     }
+}
+
+fn check_member(member: &str) -> anyhow::Result<()> {
+    if !["user:", "serviceAccount:", "group:", "domain:"]
+        .iter()
+        .any(|p| member.starts_with(p) && member.len() > p.len())
+    {
+        bail!("member {member:?} must start with user:, serviceAccount:, group: or domain:");
+    }
+    Ok(())
+}
+
+/// A TOML offset date-time as a point in time.
+fn datetime_to_system(dt: &toml::value::Datetime) -> anyhow::Result<SystemTime> {
+    let (Some(date), Some(time), Some(offset)) = (dt.date, dt.time, dt.offset) else {
+        bail!("{dt} must be a full date-time with offset, e.g. 2027-01-31T00:00:00Z");
+    };
+    // Days from the civil date (proleptic Gregorian), then seconds.
+    let (y, m, d) = (
+        i64::from(date.year),
+        i64::from(date.month),
+        i64::from(date.day),
+    );
+    let y = if m <= 2 { y - 1 } else { y };
+    let era = y.div_euclid(400);
+    let yoe = y.rem_euclid(400);
+    let doy = (153 * (if m > 2 { m - 3 } else { m + 9 }) + 2) / 5 + d - 1;
+    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
+    let days = era * 146_097 + doe - 719_468;
+    let offset_secs = match offset {
+        toml::value::Offset::Z => 0,
+        toml::value::Offset::Custom { minutes } => i64::from(minutes) * 60,
+    };
+    let secs = days * 86_400
+        + i64::from(time.hour) * 3600
+        + i64::from(time.minute) * 60
+        + i64::from(time.second)
+        - offset_secs;
+    let secs = u64::try_from(secs).map_err(|_| anyhow::anyhow!("{dt} is before 1970"))?;
+    Ok(SystemTime::UNIX_EPOCH + Duration::from_secs(secs))
 }
 
 #[cfg(test)]

@@ -1,65 +1,65 @@
-//! Accepting clients: TLS, the WebSocket upgrade with authentication, the policy and
-//! inventory checks, the backend dial, and one pump per tunnel.
+//! Accepting clients: TLS, reading and authenticating the upgrade request, the policy and
+//! inventory checks, the backend dial, one pump per attachment, resume, reload and drain.
 
-use std::net::SocketAddr;
-use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::collections::HashMap;
+use std::net::{IpAddr, SocketAddr};
+use std::path::Path;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::{Duration, Instant, SystemTime};
 
 use anyhow::Context;
 use futures_util::{SinkExt, StreamExt};
+use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::Semaphore;
 use tokio_rustls::TlsAcceptor;
 use tokio_tungstenite::WebSocketStream;
 use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::tungstenite::handshake::server::{ErrorResponse, Request, Response};
-use tokio_tungstenite::tungstenite::http::{HeaderValue, StatusCode, header};
+use tokio_tungstenite::tungstenite::http::{HeaderValue, header};
 use tokio_tungstenite::tungstenite::protocol::CloseFrame;
 use tokio_util::either::Either;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{Instrument, info, info_span, warn};
 
-use super::authn;
+use super::audit::{AuditLog, Event};
+use super::authn::{self, AuthError, Authenticator, Identity};
 use super::config::RelayConfig;
-use super::policy::{Decision, decide_with_cert};
-use super::sessions::{Parked, Registry, SessionInfo};
+use super::http::HttpClient;
+use super::inventory::HostLookup;
+use super::jwt::JwtVerifier;
+use super::metrics::Metrics;
+use super::policy::{self, Decision};
+use super::sessions::{Grant, Parked, Registry, SessionInfo};
+use super::tokeninfo::TokenInfo;
+use super::upgrade::{self, HeadError, Prefixed};
 use crate::client::dial::{SUBPROTOCOL, websocket_config};
 use crate::close;
 use crate::frame::Frame;
 use crate::session::local::{TcpInput, TcpOutput};
-use crate::session::pump::{self, Attach, Detach, PumpEnd, Role, Session};
+use crate::session::pump::{self, Attach, Detach, POLICY_VIOLATION, PumpEnd, Role, Session};
 use crate::target::{self, Target};
 
-/// How long shutdown waits for live tunnels to close before giving up on them.
-pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
+/// How long a reconnect waits for the WebSocket that still holds its session to let go.
+const TAKEOVER_WAIT: Duration = Duration::from_secs(5);
 /// How long to wait for the backend to take the bytes a client sent before it closed.
 const BACKEND_DRAIN_WAIT: Duration = Duration::from_secs(10);
 /// Pause after a failed `accept` (e.g. out of file descriptors) so the loop does not spin.
 const ACCEPT_BACKOFF: Duration = Duration::from_millis(100);
+/// After the drain, how long closing the remaining tunnels may take.
+pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
 
-/// A running relay's shared, read-only parts.
-pub struct Relay {
+/// What a reload replaces: configuration, TLS, authentication.
+struct State {
     config: RelayConfig,
     tls: Option<TlsAcceptor>,
-    sessions: Arc<Registry>,
+    auth: Authenticator,
 }
 
-impl std::fmt::Debug for Relay {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Relay")
-            .field("config", &self.config)
-            .field("tls", &self.tls.is_some())
-            .finish()
-    }
-}
-
-impl Relay {
-    /// Prepares a relay from a checked configuration, loading its certificate and key.
-    ///
-    /// # Errors
-    /// When the certificate or key cannot be read or do not match.
-    pub fn new(config: RelayConfig) -> anyhow::Result<Relay> {
+impl State {
+    async fn build(config: RelayConfig) -> anyhow::Result<State> {
         let tls = match &config.tls {
             Some((cert, key)) => Some(TlsAcceptor::from(super::tls::server_config(
                 cert,
@@ -68,24 +68,191 @@ impl Relay {
             )?)),
             None => None,
         };
-        Ok(Relay {
-            config,
+        let needs_http =
+            config.tokeninfo.is_some() || config.jwt.iter().any(|j| j.jwks_url.is_some());
+        let http = if needs_http {
+            Some(Arc::new(HttpClient::new(
+                config.outbound_ca_file.as_deref(),
+                Duration::from_secs(10),
+            )?))
+        } else {
+            None
+        };
+        let jwt = if config.jwt.is_empty() {
+            None
+        } else {
+            Some(JwtVerifier::new(config.jwt.clone(), http.clone()).await?)
+        };
+        let tokeninfo = match (&config.tokeninfo, &http) {
+            (Some(t), Some(http)) => Some(TokenInfo::new(t, http.clone()).context("[tokeninfo]")?),
+            _ => None,
+        };
+        let mut config = config;
+        let tokens = std::mem::take(&mut config.tokens);
+        Ok(State {
+            auth: Authenticator {
+                tokens,
+                jwt,
+                tokeninfo,
+            },
             tls,
+            config,
+        })
+    }
+}
+
+/// A running relay.
+pub struct Relay {
+    state: RwLock<Arc<State>>,
+    sessions: Arc<Registry>,
+    metrics: Arc<Metrics>,
+    audit: Arc<AuditLog>,
+    draining: Arc<AtomicBool>,
+    per_principal: Arc<Mutex<HashMap<String, usize>>>,
+    scheme: &'static str,
+}
+
+impl std::fmt::Debug for Relay {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Relay")
+            .field("scheme", &self.scheme)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Relay {
+    /// Prepares a relay: certificate, authentication methods (JWKS URLs are fetched now), the
+    /// audit log.
+    ///
+    /// # Errors
+    /// When any of those cannot be set up.
+    pub async fn new(config: RelayConfig) -> anyhow::Result<Relay> {
+        let audit = AuditLog::open(config.audit_log.as_deref())?;
+        let state = State::build(config).await?;
+        Ok(Relay {
+            scheme: if state.tls.is_some() { "wss" } else { "ws" },
+            state: RwLock::new(Arc::new(state)),
             sessions: Arc::default(),
+            metrics: Arc::default(),
+            audit: Arc::new(audit),
+            draining: Arc::default(),
+            per_principal: Arc::default(),
         })
     }
 
     /// The URL scheme clients use: `wss` with TLS, else `ws`.
     pub fn scheme(&self) -> &'static str {
-        if self.tls.is_some() { "wss" } else { "ws" }
+        self.scheme
+    }
+
+    /// The counters, for the admin endpoint.
+    pub fn metrics(&self) -> Arc<Metrics> {
+        self.metrics.clone()
+    }
+
+    /// Set while draining, for the admin endpoint's health check.
+    pub fn draining(&self) -> Arc<AtomicBool> {
+        self.draining.clone()
+    }
+
+    fn state(&self) -> Arc<State> {
+        self.state.read().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    /// Re-reads the configuration and certificate. On error the running configuration stays.
+    /// Sessions the new policy no longer allows are closed with 4033 (continuous
+    /// authorization). Returns how many were closed.
+    ///
+    /// # Errors
+    /// When the new configuration does not load; nothing changes then.
+    pub async fn reload(&self, path: &Path) -> anyhow::Result<usize> {
+        let config = RelayConfig::load(path)?;
+        let state = Arc::new(State::build(config).await?);
+        *self.state.write().unwrap_or_else(|p| p.into_inner()) = state.clone();
+        let now = SystemTime::now();
+        let (attached, parked) = self.sessions.revoke(|grant| {
+            let req = policy::Request {
+                principal: &grant.principal,
+                target: &grant.target,
+                port: grant.port,
+                group: grant.group.as_deref(),
+                client_cert: grant.client_cert,
+                now,
+            };
+            matches!(
+                policy::decide(&state.config.policy, &req),
+                Decision::Allow { .. }
+            )
+        });
+        for p in &parked {
+            self.end_session(
+                p,
+                close::NOT_AUTHORIZED,
+                "binding revoked by reload",
+                "revoked",
+            );
+        }
+        Ok(attached + parked.len())
+    }
+
+    fn end_session(&self, parked: &Parked, code: u16, detail: &str, result: &'static str) {
+        let info = &parked.info;
+        let (from, to) = (parked.session.state.received(), parked.session.state.sent());
+        self.metrics.session_closed(result, from, to);
+        if let Ok(mut counts) = self.per_principal.lock()
+            && let Some(n) = counts.get_mut(&info.principal)
+        {
+            *n = n.saturating_sub(1);
+            if *n == 0 {
+                counts.remove(&info.principal);
+            }
+        }
+        let duration = info.started.elapsed().as_millis() as u64;
+        info!(principal = %info.principal, target = %info.target, sid = %info.sid, code, detail = %detail, resumes = info.resumes, bytes_from_client = from, bytes_to_client = to, duration_ms = duration, "close");
+        self.audit.record(&Event {
+            event: "close",
+            principal: Some(&info.principal),
+            target: Some(&info.target),
+            port: Some(info.port),
+            sid: Some(&info.sid),
+            reason: Some(detail),
+            code: Some(code),
+            bytes_from_client: Some(from),
+            bytes_to_client: Some(to),
+            duration_ms: Some(duration),
+            resumes: Some(info.resumes),
+            ..Event::default()
+        });
     }
 }
 
-/// Serves clients on `listener` until `cancel` fires, then closes live tunnels (bounded by
-/// [`SHUTDOWN_GRACE`]).
-pub async fn serve(relay: Arc<Relay>, listener: TcpListener, cancel: CancellationToken) {
+/// Serves clients on `listener`. When `stop` fires the relay drains: `/healthz` turns 503,
+/// new sessions are refused (reconnects still work) until live sessions end or the drain time
+/// passes; then the rest are closed within [`SHUTDOWN_GRACE`].
+pub async fn serve(relay: Arc<Relay>, listener: TcpListener, stop: CancellationToken) {
     let tracker = TaskTracker::new();
-    let slots = Arc::new(Semaphore::new(relay.config.limits.max_connections));
+    let sessions_cancel = CancellationToken::new();
+    let max = relay.state().config.limits.max_connections;
+    let slots = Arc::new(Semaphore::new(max));
+    let drain = {
+        let relay = relay.clone();
+        let stop = stop.clone();
+        async move {
+            stop.cancelled().await;
+            relay.draining.store(true, Ordering::SeqCst);
+            let limit = Duration::from_secs(relay.state().config.limits.drain_secs);
+            info!(
+                open = relay.sessions.len(),
+                drain_secs = limit.as_secs(),
+                "draining"
+            );
+            let deadline = Instant::now() + limit;
+            while !relay.sessions.is_empty() && Instant::now() < deadline {
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        }
+    };
+    tokio::pin!(drain);
     loop {
         // Wait for a free slot before accepting, so excess clients queue in the kernel.
         let permit = tokio::select! {
@@ -93,7 +260,7 @@ pub async fn serve(relay: Arc<Relay>, listener: TcpListener, cancel: Cancellatio
                 Ok(p) => p,
                 Err(_) => break,
             },
-            () = cancel.cancelled() => break,
+            () = &mut drain => break,
         };
         let (stream, peer) = tokio::select! {
             accepted = listener.accept() => match accepted {
@@ -104,22 +271,22 @@ pub async fn serve(relay: Arc<Relay>, listener: TcpListener, cancel: Cancellatio
                     continue;
                 }
             },
-            () = cancel.cancelled() => break,
+            () = &mut drain => break,
         };
         let relay = relay.clone();
-        let cancel = cancel.child_token();
+        let cancel = sessions_cancel.child_token();
         // The handshake runs in the spawned task, never in this loop: a slow client must not
         // hold up others.
         tracker.spawn(
             async move {
-                handle(&relay, stream, &cancel).await;
+                handle(&relay, stream, peer, &cancel).await;
                 drop(permit);
             }
             .instrument(info_span!("conn", %peer)),
         );
     }
     tracker.close();
-    cancel.cancel();
+    sessions_cancel.cancel();
     if tokio::time::timeout(SHUTDOWN_GRACE, tracker.wait())
         .await
         .is_err()
@@ -132,114 +299,224 @@ pub async fn serve(relay: Arc<Relay>, listener: TcpListener, cancel: Cancellatio
 }
 
 /// What the upgrade request asked for, once authenticated.
-enum Request_ {
+enum Asked {
     Connect { target: Target, port: u16 },
     Reconnect { sid: String, ack: u64 },
 }
 
-struct Accepted {
-    principal: String,
-    request: Request_,
+type ServerStream = Prefixed<Either<tokio_rustls::server::TlsStream<TcpStream>, TcpStream>>;
+type ServerSocket = WebSocketStream<ServerStream>;
+
+/// Everything known about a caller after the upgrade.
+struct Caller {
+    identity: Identity,
+    client: IpAddr,
+    client_cert: bool,
+    asked: Asked,
 }
 
-type ServerSocket = WebSocketStream<Either<tokio_rustls::server::TlsStream<TcpStream>, TcpStream>>;
+/// The client's address: the peer, or the nearest untrusted address in `X-Forwarded-For`
+/// when the peer is a trusted proxy.
+fn client_address(state: &State, peer: IpAddr, forwarded: Option<&str>) -> IpAddr {
+    let trusted = |ip: IpAddr| state.config.trusted_proxies.iter().any(|c| c.contains(ip));
+    if !trusted(peer) {
+        return peer;
+    }
+    let Some(list) = forwarded else { return peer };
+    let mut client = peer;
+    for hop in list.rsplit(',') {
+        match hop.trim().parse::<IpAddr>() {
+            Ok(ip) => {
+                client = ip;
+                if !trusted(ip) {
+                    break;
+                }
+            }
+            Err(_) => break,
+        }
+    }
+    client
+}
 
-async fn upgrade(relay: &Relay, stream: TcpStream) -> anyhow::Result<(ServerSocket, Accepted)> {
+async fn upgrade(
+    relay: &Relay,
+    state: &State,
+    stream: TcpStream,
+    peer: IpAddr,
+) -> Result<(ServerSocket, Caller), ()> {
     let _ = stream.set_nodelay(true);
-    let stream = match &relay.tls {
-        Some(acceptor) => Either::Left(acceptor.accept(stream).await.context("TLS handshake")?),
+    let stream = match &state.tls {
+        Some(acceptor) => match acceptor.accept(stream).await {
+            Ok(tls) => Either::Left(tls),
+            Err(e) => {
+                info!(error = %e, "TLS handshake failed");
+                return Err(());
+            }
+        },
         None => Either::Right(stream),
     };
-    let mut accepted = None;
-    // tungstenite fixes the callback's error type; it is built once per refused upgrade.
-    #[allow(clippy::result_large_err)]
-    let callback = |req: &Request, resp: Response| -> Result<Response, ErrorResponse> {
-        let (resp, result) = check_upgrade(relay, req, resp)?;
-        accepted = Some(result);
-        Ok(resp)
+    let client_cert = super::tls::stream_has_client_cert(&stream);
+    let mut stream = stream;
+    let (head, bytes) = match upgrade::read_head(&mut stream).await {
+        Ok(read) => read,
+        Err(HeadError::TooLarge) => {
+            upgrade::refuse(&mut stream, 431, "Request Header Fields Too Large", None).await;
+            return Err(());
+        }
+        Err(HeadError::Malformed) => {
+            upgrade::refuse(&mut stream, 400, "Bad Request", None).await;
+            return Err(());
+        }
+        Err(HeadError::Io(_)) => return Err(()),
     };
-    let ws =
-        tokio_tungstenite::accept_hdr_async_with_config(stream, callback, Some(websocket_config()))
-            .await
-            .context("WebSocket upgrade")?;
-    let accepted = accepted.context("upgrade finished without a checked request")?;
-    Ok((ws, accepted))
-}
-
-fn reject(status: StatusCode, log_reason: &str) -> ErrorResponse {
-    info!(
-        status = status.as_u16(),
-        reason = log_reason,
-        "upgrade refused"
-    );
-    let mut resp = ErrorResponse::new(Some(
-        status.canonical_reason().unwrap_or("error").to_owned(),
-    ));
-    *resp.status_mut() = status;
-    if status == StatusCode::UNAUTHORIZED {
-        resp.headers_mut()
-            .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+    let client = client_address(state, peer, head.forwarded_for.as_deref());
+    let fail = |reason: &str, status: u16| {
+        info!(%client, status, reason, "upgrade refused");
+    };
+    if head.path != "/v4/connect" && head.path != "/v4/reconnect" {
+        fail("unknown path", 404);
+        upgrade::refuse(&mut stream, 404, "Not Found", None).await;
+        return Err(());
     }
-    resp
-}
-
-#[allow(clippy::result_large_err)] // the error is tungstenite's response type, returned as is
-fn check_upgrade(
-    relay: &Relay,
-    req: &Request,
-    mut resp: Response,
-) -> Result<(Response, Accepted), ErrorResponse> {
-    let path = req.uri().path();
-    let query = req.uri().query().unwrap_or("");
-    if path != "/v4/connect" && path != "/v4/reconnect" {
-        return Err(reject(StatusCode::NOT_FOUND, "unknown path"));
-    }
-    let token = req
-        .headers()
-        .get(header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
-        .and_then(authn::bearer);
-    let Some(token) = token else {
-        return Err(reject(StatusCode::UNAUTHORIZED, "no bearer token"));
+    let token = head.authorization.as_deref().and_then(authn::bearer);
+    let identity = match token {
+        None => Err(AuthError::Missing),
+        Some(token) => state.auth.authenticate(token).await,
     };
-    let Some(principal) = relay.config.tokens.authenticate(token) else {
-        return Err(reject(StatusCode::UNAUTHORIZED, "unknown token"));
-    };
-    let request = if path == "/v4/connect" {
-        let (target, port) = target::parse_connect_query(query)
-            .map_err(|e| reject(StatusCode::BAD_REQUEST, &e.to_string()))?;
-        Request_::Connect { target, port }
-    } else {
-        let q = target::parse_reconnect_query(query)
-            .map_err(|e| reject(StatusCode::BAD_REQUEST, &e.to_string()))?;
-        Request_::Reconnect {
-            sid: q.sid,
-            ack: q.ack,
+    let identity = match identity {
+        Ok(identity) => identity,
+        Err(e) => {
+            relay.metrics.auth_failed(e.reason());
+            relay.audit.record(&Event {
+                event: "auth_failure",
+                client: Some(client),
+                reason: Some(&e.to_string()),
+                ..Event::default()
+            });
+            fail(e.reason(), 401);
+            upgrade::refuse(
+                &mut stream,
+                401,
+                "Unauthorized",
+                Some("WWW-Authenticate: Bearer"),
+            )
+            .await;
+            return Err(());
         }
     };
-    let offers_subprotocol = req
-        .headers()
-        .get_all(header::SEC_WEBSOCKET_PROTOCOL)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(','))
-        .any(|p| p.trim().eq_ignore_ascii_case(SUBPROTOCOL));
-    if offers_subprotocol {
-        resp.headers_mut().insert(
-            header::SEC_WEBSOCKET_PROTOCOL,
-            HeaderValue::from_static(SUBPROTOCOL),
-        );
+    let asked = if head.path == "/v4/connect" {
+        target::parse_connect_query(&head.query)
+            .map(|(target, port)| Asked::Connect { target, port })
+    } else {
+        target::parse_reconnect_query(&head.query).map(|q| Asked::Reconnect {
+            sid: q.sid,
+            ack: q.ack,
+        })
+    };
+    let asked = match asked {
+        Ok(a) => a,
+        Err(e) => {
+            fail(&e.to_string(), 400);
+            upgrade::refuse(&mut stream, 400, "Bad Request", None).await;
+            return Err(());
+        }
+    };
+    if matches!(asked, Asked::Connect { .. }) {
+        if relay.draining.load(Ordering::SeqCst) {
+            fail("draining", 503);
+            upgrade::refuse(
+                &mut stream,
+                503,
+                "Service Unavailable",
+                Some("Retry-After: 1"),
+            )
+            .await;
+            return Err(());
+        }
+        let limit = state.config.limits.max_connections_per_principal;
+        let over = {
+            let mut counts = relay
+                .per_principal
+                .lock()
+                .unwrap_or_else(|p| p.into_inner());
+            let count = counts.entry(identity.principal.clone()).or_default();
+            // Counted from here; every path that does not open a session gives it back.
+            let over = *count >= limit;
+            if !over {
+                *count += 1;
+            }
+            over
+        };
+        if over {
+            relay.metrics.refused("over_principal_limit");
+            relay.audit.record(&Event {
+                event: "deny",
+                principal: Some(&identity.principal),
+                client: Some(client),
+                reason: Some("too many tunnels for this principal"),
+                ..Event::default()
+            });
+            fail("too many tunnels for this principal", 429);
+            upgrade::refuse(&mut stream, 429, "Too Many Requests", None).await;
+            return Err(());
+        }
     }
-    Ok((
-        resp,
-        Accepted {
-            principal: principal.to_owned(),
-            request,
-        },
-    ))
+    // tungstenite fixes the callback's error type; this callback never fails.
+    #[allow(clippy::result_large_err)]
+    let echo_subprotocol = |req: &Request, mut resp: Response| -> Result<Response, ErrorResponse> {
+        let offered = req
+            .headers()
+            .get_all(header::SEC_WEBSOCKET_PROTOCOL)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .flat_map(|v| v.split(','))
+            .any(|p| p.trim().eq_ignore_ascii_case(SUBPROTOCOL));
+        if offered {
+            resp.headers_mut().insert(
+                header::SEC_WEBSOCKET_PROTOCOL,
+                HeaderValue::from_static(SUBPROTOCOL),
+            );
+        }
+        Ok(resp)
+    };
+    let caller = Caller {
+        identity,
+        client,
+        client_cert,
+        asked,
+    };
+    match tokio_tungstenite::accept_hdr_async_with_config(
+        Prefixed::new(bytes, stream),
+        echo_subprotocol,
+        Some(websocket_config()),
+    )
+    .await
+    {
+        Ok(ws) => Ok((ws, caller)),
+        Err(e) => {
+            info!(error = %e, "WebSocket upgrade failed");
+            if matches!(caller.asked, Asked::Connect { .. }) {
+                release_principal(relay, &caller.identity.principal);
+            }
+            Err(())
+        }
+    }
 }
 
-async fn close_with(ws: &mut ServerSocket, code: u16) {
+fn release_principal(relay: &Relay, principal: &str) {
+    let mut counts = relay
+        .per_principal
+        .lock()
+        .unwrap_or_else(|p| p.into_inner());
+    if let Some(n) = counts.get_mut(principal) {
+        *n = n.saturating_sub(1);
+        if *n == 0 {
+            counts.remove(principal);
+        }
+    }
+}
+
+async fn close_with<S: AsyncRead + AsyncWrite + Unpin>(ws: &mut WebSocketStream<S>, code: u16) {
     let frame = CloseFrame {
         code: code.into(),
         reason: close::reason_text(code).into(),
@@ -260,71 +537,177 @@ fn new_session_id() -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
-async fn handle(relay: &Relay, stream: TcpStream, cancel: &CancellationToken) {
-    let limit = Duration::from_secs(relay.config.limits.handshake_timeout_secs);
-    let (ws, accepted) = match tokio::time::timeout(limit, upgrade(relay, stream)).await {
-        Ok(Ok(upgraded)) => upgraded,
-        Ok(Err(e)) => {
-            info!(error = %format!("{e:#}"), "handshake failed");
-            return;
+async fn handle(
+    relay: &Arc<Relay>,
+    stream: TcpStream,
+    peer: SocketAddr,
+    cancel: &CancellationToken,
+) {
+    let state = relay.state();
+    let started = Instant::now();
+    let limit = Duration::from_secs(state.config.limits.handshake_timeout_secs);
+    let (ws, caller) =
+        match tokio::time::timeout(limit, upgrade(relay, &state, stream, peer.ip())).await {
+            Ok(Ok(upgraded)) => upgraded,
+            Ok(Err(())) => return,
+            Err(_) => {
+                info!(timeout_secs = limit.as_secs(), "handshake timed out");
+                return;
+            }
+        };
+    match caller.asked {
+        Asked::Connect { ref target, port } => {
+            let (target, port) = (target.clone(), port);
+            let principal = caller.identity.principal.clone();
+            let opened = connect(relay, &state, ws, &caller, target, port, started, cancel).await;
+            if !opened {
+                release_principal(relay, &principal);
+            }
         }
-        Err(_) => {
-            info!(timeout_secs = limit.as_secs(), "handshake timed out");
-            return;
+        Asked::Reconnect { ref sid, ack } => {
+            let sid = sid.clone();
+            reconnect(relay, &state, ws, &caller, sid, ack, cancel).await;
         }
-    };
-    let principal = accepted.principal;
-    match accepted.request {
-        Request_::Connect { target, port } => {
-            connect(relay, ws, principal, target, port, cancel).await
-        }
-        Request_::Reconnect { sid, ack } => reconnect(relay, ws, principal, sid, ack, cancel).await,
     }
 }
 
+/// Opens a session. Returns whether one was opened (and now counts for the principal).
+#[allow(clippy::too_many_arguments)]
 async fn connect(
-    relay: &Relay,
+    relay: &Arc<Relay>,
+    state: &State,
     mut ws: ServerSocket,
-    principal: String,
+    caller: &Caller,
     target: Target,
     port: u16,
+    started: Instant,
     cancel: &CancellationToken,
-) {
+) -> bool {
+    let principal = caller.identity.principal.as_str();
     let described = target.describe(port);
-    let client_cert = super::tls::stream_has_client_cert(ws.get_ref());
-    let binding = match decide_with_cert(
-        &relay.config.policy,
-        &principal,
-        client_cert,
-        &target,
+    let refuse = |code: u16, reason: &str, result: &'static str| {
+        relay.metrics.refused(result);
+        info!(%principal, target = %described, %reason, code, "refused");
+        relay.audit.record(&Event {
+            event: "deny",
+            principal: Some(principal),
+            auth: Some(caller.identity.method),
+            client: Some(caller.client),
+            target: Some(&described),
+            port: Some(port),
+            reason: Some(reason),
+            code: Some(code),
+            ..Event::default()
+        });
+    };
+    // Where the target leads, checked before the policy only as far as naming the group a
+    // host-mode target is in; nothing is dialled before the policy allows it.
+    let (group, addrs) = match &target {
+        Target::Instance { .. } => (
+            None,
+            state.config.inventory.resolve(&target).map(|ip| vec![ip]),
+        ),
+        Target::Host {
+            project,
+            region,
+            host,
+            dest_group,
+            ..
+        } => match state
+            .config
+            .inventory
+            .locate_host(project, region, host, dest_group.as_deref())
+        {
+            HostLookup::Address { group, addr } => (Some(group), Some(vec![addr])),
+            HostLookup::Name { group } => (Some(group), Some(Vec::new())),
+            HostLookup::UnknownGroup => (None, None),
+            HostLookup::Outside => {
+                refuse(
+                    close::NOT_AUTHORIZED,
+                    "host is outside every destination group",
+                    "denied",
+                );
+                close_with(&mut ws, close::NOT_AUTHORIZED).await;
+                return false;
+            }
+        },
+    };
+    let req = policy::Request {
+        principal,
+        target: &target,
         port,
-    ) {
+        group: group.as_deref(),
+        client_cert: caller.client_cert,
+        now: SystemTime::now(),
+    };
+    let binding = match policy::decide(&state.config.policy, &req) {
         Decision::Allow { binding } => binding,
         Decision::Deny { reason } => {
-            info!(%principal, target = %described, %reason, code = close::NOT_AUTHORIZED, "denied");
+            refuse(close::NOT_AUTHORIZED, &reason, "denied");
             close_with(&mut ws, close::NOT_AUTHORIZED).await;
-            return;
+            return false;
         }
     };
-    let Some(ip) = relay.config.inventory.resolve(&target) else {
-        info!(%principal, target = %described, code = close::LOOKUP_FAILED, "target not in inventory");
+    let Some(mut addrs) = addrs else {
+        refuse(close::LOOKUP_FAILED, "target not in inventory", "not_found");
         close_with(&mut ws, close::LOOKUP_FAILED).await;
-        return;
+        return false;
     };
-    let backend_addr = SocketAddr::new(ip, port);
-    let dial_limit = Duration::from_secs(relay.config.limits.backend_connect_timeout_secs);
-    let backend = match tokio::time::timeout(dial_limit, TcpStream::connect(backend_addr)).await {
-        Ok(Ok(s)) => s,
-        Ok(Err(e)) => {
-            info!(%principal, target = %described, backend = %backend_addr, error = %e, code = close::FAILED_TO_CONNECT_TO_BACKEND, "backend refused");
-            close_with(&mut ws, close::FAILED_TO_CONNECT_TO_BACKEND).await;
-            return;
+    if let (Target::Host { host, .. }, Some(group_name), true) = (&target, &group, addrs.is_empty())
+    {
+        // A listed name: resolve it, and keep only addresses the group admits, so DNS cannot
+        // steer the relay outside the group. The checked address is the one dialled.
+        let group = state
+            .config
+            .inventory
+            .group(target.project(), region_of(&target), group_name);
+        let resolved = tokio::time::timeout(
+            Duration::from_secs(5),
+            tokio::net::lookup_host((host.as_str(), port)),
+        )
+        .await;
+        let all: Vec<IpAddr> = match resolved {
+            Ok(Ok(found)) => found.map(|a| a.ip()).collect(),
+            _ => Vec::new(),
+        };
+        addrs = all
+            .iter()
+            .copied()
+            .filter(|ip| group.is_some_and(|g| g.admits(*ip)))
+            .collect();
+        if addrs.is_empty() {
+            let reason = if all.is_empty() {
+                "host name does not resolve"
+            } else {
+                "host name resolves outside the destination group"
+            };
+            refuse(close::NOT_AUTHORIZED, reason, "denied");
+            close_with(&mut ws, close::NOT_AUTHORIZED).await;
+            return false;
         }
-        Err(_) => {
-            info!(%principal, target = %described, backend = %backend_addr, code = close::FAILED_TO_CONNECT_TO_BACKEND, "backend connect timed out");
-            close_with(&mut ws, close::FAILED_TO_CONNECT_TO_BACKEND).await;
-            return;
+    }
+    let dial_limit = Duration::from_secs(state.config.limits.backend_connect_timeout_secs);
+    let mut backend = None;
+    let mut last_error = String::from("no address");
+    for ip in &addrs {
+        match tokio::time::timeout(dial_limit, TcpStream::connect(SocketAddr::new(*ip, port))).await
+        {
+            Ok(Ok(s)) => {
+                backend = Some(s);
+                break;
+            }
+            Ok(Err(e)) => last_error = e.to_string(),
+            Err(_) => last_error = "connect timed out".into(),
         }
+    }
+    let Some(backend) = backend else {
+        refuse(
+            close::FAILED_TO_CONNECT_TO_BACKEND,
+            &format!("backend: {last_error}"),
+            "backend_failed",
+        );
+        close_with(&mut ws, close::FAILED_TO_CONNECT_TO_BACKEND).await;
+        return false;
     };
     let _ = backend.set_nodelay(true);
     let sid = new_session_id();
@@ -335,48 +718,111 @@ async fn connect(
         .await
     {
         info!(%principal, sid = %sid, error = %e, "client went away before the session started");
-        return;
+        return false;
     }
+    relay.metrics.handshake(started.elapsed());
+    relay.metrics.session_opened();
     info!(%principal, target = %described, %binding, sid = %sid, "connect");
-    let detach = relay.sessions.attach_new(&sid, &principal);
+    relay.audit.record(&Event {
+        event: "connect",
+        principal: Some(principal),
+        auth: Some(caller.identity.method),
+        client: Some(caller.client),
+        target: Some(&described),
+        port: Some(port),
+        sid: Some(&sid),
+        binding: Some(&binding),
+        ..Event::default()
+    });
+    let grant = Grant {
+        principal: principal.to_owned(),
+        target,
+        port,
+        group,
+        client_cert: caller.client_cert,
+    };
+    let detach = relay.sessions.attach_new(&sid, grant);
     let (read, write) = backend.into_split();
     let parked = Parked {
         session: Session::new(
             TcpInput::new(read),
             TcpOutput::new(write),
-            relay.config.limits.max_unacked_bytes,
+            state.config.limits.max_unacked_bytes,
         ),
         info: SessionInfo {
             sid,
-            principal,
+            principal: principal.to_owned(),
             target: described,
+            port,
             started: Instant::now(),
             resumes: 0,
         },
     };
-    drive(relay, ws, parked, &detach, Vec::new(), cancel).await;
+    drive(
+        relay,
+        state,
+        ws,
+        parked,
+        &detach,
+        Vec::new(),
+        caller.identity.expires_at,
+        cancel,
+    )
+    .await;
+    true
 }
 
-/// How long a reconnect waits for the WebSocket that still holds its session to let go.
-const TAKEOVER_WAIT: Duration = Duration::from_secs(5);
+fn region_of(target: &Target) -> &str {
+    match target {
+        Target::Host { region, .. } => region,
+        Target::Instance { zone, .. } => zone,
+    }
+}
 
 async fn reconnect(
-    relay: &Relay,
+    relay: &Arc<Relay>,
+    state: &State,
     mut ws: ServerSocket,
-    principal: String,
+    caller: &Caller,
     sid: String,
     ack: u64,
     cancel: &CancellationToken,
 ) {
-    let (mut parked, detach) = match relay.sessions.claim(&sid, &principal, TAKEOVER_WAIT).await {
-        Ok(claimed) => claimed,
-        Err(e) => {
-            let code = e.close_code();
-            info!(%principal, sid = %sid, code, reason = ?e, "reconnect refused");
-            close_with(&mut ws, code).await;
-            return;
-        }
+    let principal = caller.identity.principal.as_str();
+    let (mut parked, detach, grant) =
+        match relay.sessions.claim(&sid, principal, TAKEOVER_WAIT).await {
+            Ok(claimed) => claimed,
+            Err(e) => {
+                let code = e.close_code();
+                info!(%principal, sid = %sid, code, reason = ?e, "reconnect refused");
+                relay.audit.record(&Event {
+                    event: "reconnect_refused",
+                    principal: Some(principal),
+                    client: Some(caller.client),
+                    sid: Some(&sid),
+                    reason: Some(&format!("{e:?}")),
+                    code: Some(code),
+                    ..Event::default()
+                });
+                close_with(&mut ws, code).await;
+                return;
+            }
+        };
+    // The grant is decided again: a binding may have expired while the client was away.
+    let req = policy::Request {
+        principal,
+        target: &grant.target,
+        port: grant.port,
+        group: grant.group.as_deref(),
+        client_cert: caller.client_cert,
+        now: SystemTime::now(),
     };
+    if let Decision::Deny { reason } = policy::decide(&state.config.policy, &req) {
+        relay.sessions.remove(&sid);
+        close_with(&mut ws, close::NOT_AUTHORIZED).await;
+        relay.end_session(&parked, close::NOT_AUTHORIZED, &reason, "revoked");
+        return;
+    }
     let resend = match parked.session.state.resume(ack) {
         Ok(resend) => resend,
         Err(e) => {
@@ -384,7 +830,12 @@ async fn reconnect(
             // continue intact, so the session ends.
             relay.sessions.remove(&sid);
             close_with(&mut ws, close::FAILED_TO_REWIND).await;
-            log_close(&parked, close::FAILED_TO_REWIND, &e.to_string());
+            relay.end_session(
+                &parked,
+                close::FAILED_TO_REWIND,
+                &e.to_string(),
+                "rewind_failed",
+            );
             return;
         }
     };
@@ -396,54 +847,94 @@ async fn reconnect(
         .await
     {
         info!(sid = %sid, error = %e, "client went away during resume");
-        park(relay, parked);
+        park(relay, state, parked);
         return;
     }
     parked.info.resumes += 1;
-    info!(
-        principal = %parked.info.principal,
-        sid = %sid,
-        resumes = parked.info.resumes,
-        client_has = ack,
-        relay_has = received,
-        resent_bytes = parked.session.state.unacked(),
-        "reconnect"
-    );
-    drive(relay, ws, parked, &detach, resend, cancel).await;
+    info!(%principal, sid = %sid, resumes = parked.info.resumes, client_has = ack, relay_has = received, resent_bytes = parked.session.state.unacked(), "reconnect");
+    relay.audit.record(&Event {
+        event: "reconnect",
+        principal: Some(principal),
+        auth: Some(caller.identity.method),
+        client: Some(caller.client),
+        target: Some(&parked.info.target),
+        port: Some(parked.info.port),
+        sid: Some(&sid),
+        resumes: Some(parked.info.resumes),
+        ..Event::default()
+    });
+    drive(
+        relay,
+        state,
+        ws,
+        parked,
+        &detach,
+        resend,
+        caller.identity.expires_at,
+        cancel,
+    )
+    .await;
 }
 
 /// Runs one WebSocket attachment of a session, then parks it or ends it.
+#[allow(clippy::too_many_arguments)]
 async fn drive(
-    relay: &Relay,
+    relay: &Arc<Relay>,
+    state: &State,
     ws: ServerSocket,
     mut parked: Parked,
     detach: &Detach,
     resend: Vec<bytes::Bytes>,
+    credential_expires: Option<SystemTime>,
     cancel: &CancellationToken,
 ) {
+    let limits = &state.config.limits;
     let mut attach = Attach::new(Role::Relay, cancel);
     attach.resend = resend;
     attach.detach = Some(detach);
-    let pump = pump::run(&mut parked.session, ws, attach);
-    let end = match relay.config.limits.reauthenticate_after_secs {
-        Some(secs) => {
-            tokio::pin!(pump);
-            tokio::select! {
-                end = &mut pump => end,
-                () = tokio::time::sleep(Duration::from_secs(secs)) => {
-                    detach.request(close::REAUTHENTICATION_REQUIRED);
-                    pump.await
-                }
+    attach.idle_timeout = limits.idle_timeout_secs.map(Duration::from_secs);
+    // Ask for a fresh credential when this one expires, or at the configured period.
+    let until_expiry =
+        credential_expires.map(|e| e.duration_since(SystemTime::now()).unwrap_or_default());
+    let reauth = [
+        limits.reauthenticate_after_secs.map(Duration::from_secs),
+        until_expiry,
+    ]
+    .into_iter()
+    .flatten()
+    .min();
+    let session_left = limits
+        .max_session_secs
+        .map(|s| Duration::from_secs(s).saturating_sub(parked.info.started.elapsed()));
+    let sleep_or_never = |d: Option<Duration>| async move {
+        match d {
+            Some(d) => tokio::time::sleep(d).await,
+            None => std::future::pending().await,
+        }
+    };
+    let end = {
+        let pump = pump::run(&mut parked.session, ws, attach);
+        tokio::pin!(pump);
+        tokio::select! {
+            end = &mut pump => end,
+            () = sleep_or_never(reauth) => {
+                detach.request(close::REAUTHENTICATION_REQUIRED);
+                pump.await
+            }
+            () = sleep_or_never(session_left) => {
+                detach.request(POLICY_VIOLATION);
+                pump.await
             }
         }
-        None => pump.await,
     };
-    if end.resumable() && !cancel.is_cancelled() {
-        info!(sid = %parked.info.sid, end = ?end, "connection lost; session parked for resume");
-        park(relay, parked);
+    let sid = parked.info.sid.clone();
+    let final_detach = matches!(end, PumpEnd::Detached { code } if code == close::NOT_AUTHORIZED || code == POLICY_VIOLATION);
+    if end.resumable() && !final_detach && !cancel.is_cancelled() {
+        info!(sid = %sid, end = ?end, "connection lost; session parked for resume");
+        park(relay, state, parked);
         return;
     }
-    relay.sessions.remove(&parked.info.sid);
+    relay.sessions.remove(&sid);
     if matches!(end, PumpEnd::PeerClosed { .. }) {
         // The client's last bytes must reach the backend before its socket is closed.
         let _ = tokio::time::timeout(BACKEND_DRAIN_WAIT, async {
@@ -452,44 +943,42 @@ async fn drive(
         })
         .await;
     }
-    let (code, detail) = match &end {
-        PumpEnd::LocalEof => (close::NORMAL, "backend closed".to_owned()),
-        PumpEnd::PeerClosed { code, .. } => (*code, "client closed".to_owned()),
-        PumpEnd::TransportLost(d) => (close::ABNORMAL_CLOSURE, d.clone()),
-        PumpEnd::LocalFailed { error, code } => (*code, error.clone()),
-        PumpEnd::Violation { detail, code } => (*code, detail.clone()),
-        PumpEnd::Cancelled => (1001, "relay shutting down".to_owned()),
-        PumpEnd::Detached { code } => (*code, "detached during shutdown".to_owned()),
+    let (code, detail, result) = match &end {
+        PumpEnd::LocalEof => (close::NORMAL, "backend closed".to_owned(), "closed"),
+        PumpEnd::PeerClosed { code, .. } => (*code, "client closed".to_owned(), "closed"),
+        PumpEnd::TransportLost(d) => (close::ABNORMAL_CLOSURE, d.clone(), "lost"),
+        PumpEnd::LocalFailed { error, code } => (*code, error.clone(), "backend_error"),
+        PumpEnd::Violation { detail, code } => (*code, detail.clone(), "protocol_error"),
+        PumpEnd::Cancelled => (1001, "relay shutting down".to_owned(), "shutdown"),
+        PumpEnd::IdleTimeout => (POLICY_VIOLATION, "idle timeout".to_owned(), "idle"),
+        PumpEnd::Detached { code } if *code == close::NOT_AUTHORIZED => {
+            (*code, "binding revoked".to_owned(), "revoked")
+        }
+        PumpEnd::Detached { code } if *code == POLICY_VIOLATION => {
+            (*code, "maximum session length".to_owned(), "too_long")
+        }
+        PumpEnd::Detached { code } => (*code, "detached during shutdown".to_owned(), "shutdown"),
     };
-    log_close(&parked, code, &detail);
+    relay.end_session(&parked, code, &detail, result);
 }
 
 /// Parks a session and arms the end of its resume window.
-fn park(relay: &Relay, parked: Parked) {
+fn park(relay: &Arc<Relay>, state: &State, parked: Parked) {
     let sid = parked.info.sid.clone();
-    let generation = relay.sessions.park(parked);
-    let window = Duration::from_secs(relay.config.limits.resume_window_secs);
-    let sessions = relay.sessions.clone();
+    let Some(generation) = relay.sessions.park(parked) else {
+        return;
+    };
+    let window = Duration::from_secs(state.config.limits.resume_window_secs);
+    let relay = relay.clone();
     tokio::spawn(async move {
         tokio::time::sleep(window).await;
-        if let Some(expired) = sessions.expire(&sid, generation) {
-            log_close(&expired, close::ABNORMAL_CLOSURE, "resume window ended");
+        if let Some(expired) = relay.sessions.expire(&sid, generation) {
+            relay.end_session(
+                &expired,
+                close::ABNORMAL_CLOSURE,
+                "resume window ended",
+                "expired",
+            );
         }
     });
-}
-
-fn log_close(parked: &Parked, code: u16, detail: &str) {
-    let info = &parked.info;
-    info!(
-        principal = %info.principal,
-        target = %info.target,
-        sid = %info.sid,
-        code,
-        detail = %detail,
-        resumes = info.resumes,
-        bytes_from_client = parked.session.state.received(),
-        bytes_to_client = parked.session.state.sent(),
-        duration_ms = info.started.elapsed().as_millis() as u64,
-        "close"
-    );
 }

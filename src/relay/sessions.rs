@@ -15,9 +15,25 @@ use tokio::sync::Notify;
 use crate::close;
 use crate::session::local::{TcpInput, TcpOutput};
 use crate::session::pump::{Detach, Session};
+use crate::target::Target;
 
 /// A relay-side session: the backend connection and the protocol state.
 pub type RelaySession = Session<TcpInput, TcpOutput>;
+
+/// What was granted: enough to decide again when the policy changes.
+#[derive(Clone, Debug)]
+pub struct Grant {
+    /// Who opened the session; only they may resume it.
+    pub principal: String,
+    /// The target.
+    pub target: Target,
+    /// The port.
+    pub port: u16,
+    /// The destination group a host-mode target was found in.
+    pub group: Option<String>,
+    /// Whether the client presented a verified certificate.
+    pub client_cert: bool,
+}
 
 /// What the audit line at the end of a session needs.
 #[derive(Clone, Debug)]
@@ -28,6 +44,8 @@ pub struct SessionInfo {
     pub principal: String,
     /// The target, described for logs.
     pub target: String,
+    /// The target port.
+    pub port: u16,
     /// When it opened.
     pub started: Instant,
     /// How many times it was resumed.
@@ -54,7 +72,7 @@ enum Slot {
 
 #[derive(Debug)]
 struct Entry {
-    principal: String,
+    grant: Arc<Grant>,
     slot: Slot,
     parked: Arc<Notify>,
 }
@@ -96,12 +114,12 @@ impl Registry {
     }
 
     /// Records a new session as attached; returns the handle that detaches it.
-    pub fn attach_new(&self, sid: &str, principal: &str) -> Arc<Detach> {
+    pub fn attach_new(&self, sid: &str, grant: Grant) -> Arc<Detach> {
         let detach = Arc::new(Detach::default());
         self.lock().insert(
             sid.to_owned(),
             Entry {
-                principal: principal.to_owned(),
+                grant: Arc::new(grant),
                 slot: Slot::Attached(detach.clone()),
                 parked: Arc::new(Notify::new()),
             },
@@ -109,32 +127,55 @@ impl Registry {
         detach
     }
 
+    /// Ends every session whose grant `still_allowed` rejects: an attached one is told to
+    /// close with 4033; a parked one is removed and returned for the audit log.
+    pub fn revoke(&self, still_allowed: impl Fn(&Grant) -> bool) -> (usize, Vec<Parked>) {
+        let mut entries = self.lock();
+        let doomed: Vec<String> = entries
+            .iter()
+            .filter(|(_, e)| !still_allowed(&e.grant))
+            .map(|(sid, _)| sid.clone())
+            .collect();
+        let mut attached = 0;
+        let mut parked = Vec::new();
+        for sid in doomed {
+            let Some(entry) = entries.remove(&sid) else {
+                continue;
+            };
+            match entry.slot {
+                Slot::Attached(detach) => {
+                    detach.request(close::NOT_AUTHORIZED);
+                    attached += 1;
+                }
+                Slot::Parked { parked: p, .. } => parked.push(*p),
+            }
+        }
+        (attached, parked)
+    }
+
+    /// The grant of a live session.
+    pub fn grant(&self, sid: &str) -> Option<Arc<Grant>> {
+        self.lock().get(sid).map(|e| e.grant.clone())
+    }
+
     /// Parks a session whose WebSocket was lost. Returns the generation to pass to
-    /// [`expire`](Self::expire) when the resume window ends.
-    pub fn park(&self, parked: Parked) -> u64 {
+    /// [`expire`](Self::expire) when the resume window ends, or `None` when the session was
+    /// revoked meanwhile (it is dropped).
+    pub fn park(&self, parked: Parked) -> Option<u64> {
         let generation = self
             .generation
             .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let mut entries = self.lock();
         let sid = parked.info.sid.clone();
-        let notify = entries
-            .get(&sid)
-            .map(|e| e.parked.clone())
-            .unwrap_or_default();
-        entries.insert(
-            sid,
-            Entry {
-                principal: parked.info.principal.clone(),
-                slot: Slot::Parked {
-                    parked: Box::new(parked),
-                    generation,
-                },
-                parked: notify.clone(),
-            },
-        );
+        // A session revoked while attached is gone from the map: it must not come back.
+        let entry = entries.get_mut(&sid)?;
+        entry.slot = Slot::Parked {
+            parked: Box::new(parked),
+            generation,
+        };
         // A reconnect may be waiting for the old WebSocket to let go.
-        notify.notify_one();
-        generation
+        entry.parked.notify_one();
+        Some(generation)
     }
 
     /// Forgets a session that ended.
@@ -166,7 +207,7 @@ impl Registry {
         sid: &str,
         principal: &str,
         wait: Duration,
-    ) -> Result<(Parked, Arc<Detach>), ClaimError> {
+    ) -> Result<(Parked, Arc<Detach>, Arc<Grant>), ClaimError> {
         let deadline = Instant::now() + wait;
         loop {
             let notify = {
@@ -174,12 +215,14 @@ impl Registry {
                 let Some(entry) = entries.get_mut(sid) else {
                     return Err(ClaimError::Unknown);
                 };
-                if entry.principal != principal {
+                if entry.grant.principal != principal {
                     return Err(ClaimError::WrongPrincipal);
                 }
                 let detach = Arc::new(Detach::default());
                 match std::mem::replace(&mut entry.slot, Slot::Attached(detach.clone())) {
-                    Slot::Parked { parked, .. } => return Ok((*parked, detach)),
+                    Slot::Parked { parked, .. } => {
+                        return Ok((*parked, detach, entry.grant.clone()));
+                    }
                     Slot::Attached(current) => {
                         // Still attached: put it back and ask it to let go.
                         current.request(close::SID_IN_USE);
