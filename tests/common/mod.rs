@@ -577,6 +577,11 @@ impl Relay {
     pub fn port(&self) -> u16 {
         self.addr.port()
     }
+
+    /// The relay's process id (for signals).
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
 }
 
 /// Writes the config for `spec` and starts `iap-relay --config …`, waiting (at most

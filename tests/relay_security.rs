@@ -1,0 +1,827 @@
+//! iap-relay as a front door: the security matrix (every way a credential or a request can be
+//! wrong, each refused with the right status or close code and an audit line), reload with
+//! revocation under a live session, limits, 1,000 concurrent tunnels, and no token anywhere
+//! in logs.
+
+mod common;
+
+use std::io::{Read, Write};
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::thread;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use base64::Engine;
+use common::*;
+use futures_util::{SinkExt, StreamExt};
+use iap_ssh::client::auth::Token;
+use iap_ssh::client::dial::{Dialer, Endpoint, tls_config};
+use iap_ssh::close::ExitKind;
+use iap_ssh::frame::Frame;
+use jsonwebtoken::{Algorithm, EncodingKey, Header};
+use tokio_tungstenite::tungstenite::Message;
+
+const ISSUER: &str = "https://issuer.test";
+const AUDIENCE: &str = "iap-relay-test";
+
+fn b64(bytes: &[u8]) -> String {
+    base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(bytes)
+}
+
+/// An ES256 signing key and its JWKS.
+struct Signer {
+    key: EncodingKey,
+    jwks: String,
+    public_pem: String,
+}
+
+fn signer(kid: &str) -> Signer {
+    let pair = rcgen::KeyPair::generate().expect("P-256 key");
+    let raw = pair.public_key_raw();
+    let (x, y) = (&raw[1..33], &raw[33..65]);
+    let jwks = serde_json::json!({"keys": [{"kty": "EC", "crv": "P-256", "x": b64(x), "y": b64(y), "kid": kid, "alg": "ES256", "use": "sig"}]});
+    Signer {
+        key: EncodingKey::from_ec_pem(pair.serialize_pem().as_bytes()).expect("EC key"),
+        jwks: jwks.to_string(),
+        public_pem: pair.public_key_pem(),
+    }
+}
+
+fn now() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap()
+        .as_secs()
+}
+
+fn jwt(signer: &Signer, kid: &str, claims: serde_json::Value) -> String {
+    let mut header = Header::new(Algorithm::ES256);
+    header.kid = Some(kid.into());
+    jsonwebtoken::encode(&header, &claims, &signer.key).expect("signing")
+}
+
+fn claims(email: &str, iss: &str, aud: &str, exp: u64, nbf: u64) -> serde_json::Value {
+    serde_json::json!({"iss": iss, "aud": aud, "exp": exp, "nbf": nbf, "iat": now(), "email": email, "sub": "1234"})
+}
+
+/// A token-info endpoint: `good` is Tina's token, anything else is refused.
+fn tokeninfo_endpoint(good: &'static str) -> String {
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap();
+    thread::spawn(move || {
+        for conn in listener.incoming().flatten() {
+            let mut conn = conn;
+            let mut buf = [0u8; 4096];
+            let n = conn.read(&mut buf).unwrap_or(0);
+            let head = String::from_utf8_lossy(&buf[..n]);
+            let ok = head.contains(&format!("access_token={good} "))
+                || head.contains(&format!("access_token={good}&"));
+            let (status, body) = if ok {
+                (
+                    "200 OK",
+                    r#"{"email":"tina@example.com","email_verified":"true","expires_in":"3600"}"#,
+                )
+            } else {
+                ("400 Bad Request", r#"{"error":"invalid_token"}"#)
+            };
+            let _ = write!(
+                conn,
+                "HTTP/1.1 {status}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+                body.len()
+            );
+        }
+    });
+    format!("http://{addr}/tokeninfo")
+}
+
+struct Setup {
+    relay: Relay,
+    dir: tempfile::TempDir,
+    signer: Signer,
+    echo_port: u16,
+    audit: PathBuf,
+}
+
+/// A relay with every method and a policy exercising every condition.
+fn setup(extra: &str) -> Setup {
+    let dir = tempfile::tempdir().unwrap();
+    let signer = signer("k1");
+    std::fs::write(dir.path().join("jwks.json"), &signer.jwks).unwrap();
+    let echo = TcpListener::bind("127.0.0.1:0").unwrap();
+    let echo_port = echo.local_addr().unwrap().port();
+    thread::spawn(move || {
+        for s in echo.incoming().flatten() {
+            thread::spawn(move || {
+                let mut w = s.try_clone().unwrap();
+                let mut r = s;
+                let _ = std::io::copy(&mut r, &mut w);
+            });
+        }
+    });
+    let audit = dir.path().join("audit.jsonl");
+    let tokeninfo = tokeninfo_endpoint("ti-good-token-123");
+    let q = |s: &str| serde_json::to_string(s).unwrap();
+    let mut spec = RelaySpec::default();
+    spec.tokens = vec![
+        ("user:alice@example.com".into(), "static-alice-token".into()),
+        (
+            "user:mallory@example.com".into(),
+            "static-mallory-token".into(),
+        ),
+    ];
+    spec.instances = vec![(
+        PROJECT.into(),
+        ZONE.into(),
+        INSTANCE.into(),
+        "127.0.0.1".into(),
+    )];
+    spec.extra_toml = format!(
+        r#"audit_log = {audit}
+{extra}
+[[jwt]]
+issuer = "{ISSUER}"
+audience = "{AUDIENCE}"
+jwks_file = {jwks}
+[tokeninfo]
+url = {tokeninfo}
+[[groups]]
+name = "group:ops"
+members = ["user:jwt-user@example.com", "user:tina@example.com"]
+[[dest_groups]]
+project = "{PROJECT}"
+region = "test-region"
+name = "loopback"
+cidrs = ["127.0.0.0/8"]
+fqdns = ["localhost", "outside.invalid"]
+[[bindings]]
+role = "roles/iap.tunnelResourceAccessor"
+members = ["user:alice@example.com", "group:ops"]
+resource = "projects/{PROJECT}"
+ports = [{echo_port}]
+[[bindings]]
+role = "roles/iap.tunnelResourceAccessor"
+members = ["user:alice@example.com"]
+resource = "projects/{PROJECT}/iap_tunnel/locations/test-region/destGroups/loopback"
+[[bindings]]
+role = "roles/iap.tunnelResourceAccessor"
+members = ["user:old@example.com"]
+resource = "projects/{PROJECT}"
+expires = 2020-01-01T00:00:00Z
+"#,
+        audit = q(&audit.display().to_string()),
+        jwks = q(&dir.path().join("jwks.json").display().to_string()),
+        tokeninfo = q(&tokeninfo),
+    );
+    spec.tokens
+        .push(("user:old@example.com".into(), "static-old-token".into()));
+    let relay = spawn_relay(&spec);
+    Setup {
+        relay,
+        dir,
+        signer,
+        echo_port,
+        audit,
+    }
+}
+
+/// What happened to one tunnel request.
+#[derive(Debug, PartialEq, Eq)]
+enum Outcome {
+    /// Refused at the upgrade with this exit kind (401 → Authentication).
+    Http(ExitKind, String),
+    /// Upgraded, then closed with this code before any session id.
+    Closed(u16),
+    /// A session id arrived.
+    Open,
+}
+
+fn dialer(relay: &Relay) -> Dialer {
+    Dialer {
+        endpoint: Endpoint::parse(&relay.url).unwrap(),
+        tls: tls_config(Some(relay.ca_pem())).unwrap(),
+        user_agent: "security-matrix".into(),
+    }
+}
+
+async fn attempt(relay: &Relay, token: &str, query: &str) -> Outcome {
+    let dialer = dialer(relay);
+    let token = match Token::new(token) {
+        Ok(t) => t,
+        Err(_) => return Outcome::Http(ExitKind::Authentication, "unsendable".into()),
+    };
+    let mut ws = match dialer.open("connect", query, &token).await {
+        Ok(ws) => ws,
+        Err(e) => return Outcome::Http(e.kind, e.message),
+    };
+    match tokio::time::timeout(Duration::from_secs(20), ws.next()).await {
+        Ok(Some(Ok(Message::Close(Some(f))))) => Outcome::Closed(u16::from(f.code)),
+        Ok(Some(Ok(Message::Binary(b))))
+            if matches!(Frame::decode(&b), Ok(Frame::ConnectSuccessSid(_))) =>
+        {
+            Outcome::Open
+        }
+        other => panic!("unexpected first message: {other:?}"),
+    }
+}
+
+fn vm_query(port: u16) -> String {
+    format!(
+        "project={PROJECT}&port={port}&newWebsocket=True&zone={ZONE}&instance={INSTANCE}&interface=nic0"
+    )
+}
+
+fn host_query(host: &str, port: u16, group: Option<&str>) -> String {
+    let mut q = format!(
+        "project={PROJECT}&port={port}&newWebsocket=True&region=test-region&network=default&host={host}"
+    );
+    if let Some(g) = group {
+        q.push_str(&format!("&group={g}"));
+    }
+    q
+}
+
+fn audit_lines(path: &Path) -> Vec<serde_json::Value> {
+    std::fs::read_to_string(path)
+        .unwrap_or_default()
+        .lines()
+        .filter_map(|l| serde_json::from_str(l).ok())
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn security_matrix() {
+    let s = tokio::task::spawn_blocking(|| setup("")).await.unwrap();
+    let p = s.echo_port;
+    let sg = &s.signer;
+    let t = now();
+    let good = |email: &str| jwt(sg, "k1", claims(email, ISSUER, AUDIENCE, t + 600, t - 10));
+    let other_signer = signer("k1");
+    let tampered = {
+        let token = good("jwt-user@example.com");
+        let (rest, sig) = token.rsplit_once('.').unwrap();
+        let mut sig = base64::engine::general_purpose::URL_SAFE_NO_PAD
+            .decode(sig)
+            .unwrap();
+        sig[5] ^= 1;
+        format!("{rest}.{}", b64(&sig))
+    };
+    let alg_none = format!(
+        "{}.{}.",
+        b64(br#"{"alg":"none","typ":"JWT"}"#),
+        b64(
+            claims("jwt-user@example.com", ISSUER, AUDIENCE, t + 600, t - 10)
+                .to_string()
+                .as_bytes()
+        )
+    );
+    // HS256 "signed" with the issuer's public key: the classic algorithm-confusion attack.
+    let hs_confusion = {
+        let mut header = Header::new(Algorithm::HS256);
+        header.kid = Some("k1".into());
+        jsonwebtoken::encode(
+            &header,
+            &claims("jwt-user@example.com", ISSUER, AUDIENCE, t + 600, t - 10),
+            &EncodingKey::from_secret(sg.public_pem.as_bytes()),
+        )
+        .unwrap()
+    };
+    let unknown_kid = jwt(
+        sg,
+        "k9",
+        claims("jwt-user@example.com", ISSUER, AUDIENCE, t + 600, t - 10),
+    );
+    let wrong_key = jwt(
+        &other_signer,
+        "k1",
+        claims("jwt-user@example.com", ISSUER, AUDIENCE, t + 600, t - 10),
+    );
+    let auth = ExitKind::Authentication;
+    // (name, token, query, outcome, audit reason)
+    let rows: Vec<(&str, String, String, Outcome, &str)> = vec![
+        (
+            "static token",
+            "static-alice-token".into(),
+            vm_query(p),
+            Outcome::Open,
+            "",
+        ),
+        (
+            "jwt via group",
+            good("jwt-user@example.com"),
+            vm_query(p),
+            Outcome::Open,
+            "",
+        ),
+        (
+            "token-info via group",
+            "ti-good-token-123".into(),
+            vm_query(p),
+            Outcome::Open,
+            "",
+        ),
+        (
+            "malformed token",
+            "eyJ.not.a-jwt".into(),
+            vm_query(p),
+            Outcome::Http(auth, String::new()),
+            "malformed",
+        ),
+        (
+            "expired",
+            jwt(
+                sg,
+                "k1",
+                claims("jwt-user@example.com", ISSUER, AUDIENCE, t - 3600, t - 7200),
+            ),
+            vm_query(p),
+            Outcome::Http(auth, String::new()),
+            "expired",
+        ),
+        (
+            "not yet valid",
+            jwt(
+                sg,
+                "k1",
+                claims("jwt-user@example.com", ISSUER, AUDIENCE, t + 7200, t + 3600),
+            ),
+            vm_query(p),
+            Outcome::Http(auth, String::new()),
+            "not_yet_valid",
+        ),
+        (
+            "wrong issuer",
+            jwt(
+                sg,
+                "k1",
+                claims(
+                    "jwt-user@example.com",
+                    "https://evil.test",
+                    AUDIENCE,
+                    t + 600,
+                    t - 10,
+                ),
+            ),
+            vm_query(p),
+            Outcome::Http(auth, String::new()),
+            "wrong_issuer",
+        ),
+        (
+            "wrong audience",
+            jwt(
+                sg,
+                "k1",
+                claims(
+                    "jwt-user@example.com",
+                    ISSUER,
+                    "someone-else",
+                    t + 600,
+                    t - 10,
+                ),
+            ),
+            vm_query(p),
+            Outcome::Http(auth, String::new()),
+            "wrong_audience",
+        ),
+        (
+            "alg none",
+            alg_none,
+            vm_query(p),
+            Outcome::Http(auth, String::new()),
+            "malformed",
+        ),
+        (
+            "HS256 with the public key",
+            hs_confusion,
+            vm_query(p),
+            Outcome::Http(auth, String::new()),
+            "bad_algorithm",
+        ),
+        (
+            "unknown kid",
+            unknown_kid,
+            vm_query(p),
+            Outcome::Http(auth, String::new()),
+            "unknown_key",
+        ),
+        (
+            "tampered signature",
+            tampered,
+            vm_query(p),
+            Outcome::Http(auth, String::new()),
+            "bad_signature",
+        ),
+        (
+            "signed by another key",
+            wrong_key,
+            vm_query(p),
+            Outcome::Http(auth, String::new()),
+            "bad_signature",
+        ),
+        (
+            "revoked (unknown) static token",
+            "static-revoked-token".into(),
+            vm_query(p),
+            Outcome::Http(auth, String::new()),
+            "unknown_token",
+        ),
+        (
+            "token-info refuses",
+            "ti-bad-token-456".into(),
+            vm_query(p),
+            Outcome::Http(auth, String::new()),
+            "unknown_token",
+        ),
+        (
+            "principal without binding",
+            "static-mallory-token".into(),
+            vm_query(p),
+            Outcome::Closed(4033),
+            "no binding",
+        ),
+        (
+            "binding with wrong port",
+            "static-alice-token".into(),
+            vm_query(22),
+            Outcome::Closed(4033),
+            "does not allow port 22",
+        ),
+        (
+            "expired binding",
+            "static-old-token".into(),
+            vm_query(p),
+            Outcome::Closed(4033),
+            "has expired",
+        ),
+        (
+            "target outside inventory",
+            "static-alice-token".into(),
+            vm_query(p).replace(INSTANCE, "vm-404"),
+            Outcome::Closed(4047),
+            "not in inventory",
+        ),
+        (
+            "host mode inside group",
+            "static-alice-token".into(),
+            host_query("127.0.0.1", p, Some("loopback")),
+            Outcome::Open,
+            "",
+        ),
+        (
+            "host mode FQDN inside group",
+            "static-alice-token".into(),
+            host_query("localhost", p, None),
+            Outcome::Open,
+            "",
+        ),
+        (
+            "host outside the group",
+            "static-alice-token".into(),
+            host_query("10.9.8.7", p, Some("loopback")),
+            Outcome::Closed(4033),
+            "outside every destination group",
+        ),
+        (
+            "host in no group",
+            "static-alice-token".into(),
+            host_query("192.0.2.1", p, None),
+            Outcome::Closed(4033),
+            "outside every destination group",
+        ),
+        (
+            "unknown destination group",
+            "static-alice-token".into(),
+            host_query("127.0.0.1", p, Some("nope")),
+            Outcome::Closed(4047),
+            "not in inventory",
+        ),
+        (
+            "FQDN resolving outside",
+            "static-alice-token".into(),
+            host_query("outside.invalid", p, Some("loopback")),
+            Outcome::Closed(4033),
+            "does not resolve",
+        ),
+    ];
+    let mut results = Vec::new();
+    for (name, token, query, want, reason) in &rows {
+        let before = audit_lines(&s.audit).len();
+        let got = attempt(&s.relay, token, query).await;
+        let got = match got {
+            Outcome::Http(kind, message) => {
+                assert!(
+                    !message.contains(token.as_str()),
+                    "{name}: token in the client's message"
+                );
+                Outcome::Http(kind, String::new())
+            }
+            other => other,
+        };
+        assert_eq!(&got, want, "{name}");
+        if !reason.is_empty() {
+            // The audit line may trail the close by a moment.
+            let started = Instant::now();
+            loop {
+                let lines = audit_lines(&s.audit);
+                if lines[before.min(lines.len())..]
+                    .iter()
+                    .any(|l| l["reason"].as_str().is_some_and(|r| r.contains(reason)))
+                {
+                    break;
+                }
+                assert!(
+                    started.elapsed() < Duration::from_secs(5),
+                    "{name}: no audit line with {reason:?}: {lines:?}"
+                );
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        }
+        results.push(format!("{name}: {got:?}"));
+    }
+    eprintln!("security matrix:\n  {}", results.join("\n  "));
+
+    // No token, no header at all: 401 with WWW-Authenticate.
+    let raw = tokio::task::spawn_blocking({
+        let addr = s.relay.addr;
+        let ca = s.relay.ca_pem().to_owned();
+        move || raw_https_get(addr, &ca, "/v4/connect?project=p&port=22&zone=z&instance=i")
+    })
+    .await
+    .unwrap();
+    assert!(raw.starts_with("HTTP/1.1 401"), "{raw}");
+    assert!(
+        raw.to_ascii_lowercase()
+            .contains("www-authenticate: bearer"),
+        "{raw}"
+    );
+
+    // Nothing secret in the relay's log or the audit file.
+    let everything = format!(
+        "{}\n{}",
+        s.relay.log(),
+        std::fs::read_to_string(&s.audit).unwrap()
+    );
+    for (name, token, ..) in &rows {
+        assert!(
+            !everything.contains(token.as_str()),
+            "{name}: token in the logs"
+        );
+    }
+    for secret in [
+        "static-alice-token",
+        "ti-good-token-123",
+        "ti-bad-token-456",
+    ] {
+        assert!(!everything.contains(secret), "{secret} in the logs");
+    }
+    drop(s.dir);
+}
+
+/// A plain GET over TLS without the WebSocket headers, to see the raw refusal.
+fn raw_https_get(addr: std::net::SocketAddr, ca: &Path, path: &str) -> String {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(async {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let tls = tls_config(Some(ca)).unwrap();
+        let mut cfg = (*tls).clone();
+        cfg.alpn_protocols.clear();
+        let tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
+        let name = rustls_pki_types::ServerName::try_from("127.0.0.1").unwrap();
+        let mut stream = tokio_rustls::TlsConnector::from(Arc::new(cfg)).connect(name, tcp).await.unwrap();
+        stream
+            .write_all(format!("GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n").as_bytes())
+            .await
+            .unwrap();
+        let mut out = Vec::new();
+        let _ = tokio::time::timeout(Duration::from_secs(5), stream.read_to_end(&mut out)).await;
+        String::from_utf8_lossy(&out).into_owned()
+    })
+}
+
+#[test]
+fn limits_per_principal_and_handshake_timeout() {
+    let s = setup("[limits]\nmax_connections_per_principal = 2\nhandshake_timeout_secs = 1\n");
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(async {
+        let dialer = dialer(&s.relay);
+        let token = Token::new("static-alice-token").unwrap();
+        let mut held = Vec::new();
+        for _ in 0..2 {
+            let mut ws = dialer
+                .open("connect", &vm_query(s.echo_port), &token)
+                .await
+                .expect("within the limit");
+            assert!(matches!(ws.next().await, Some(Ok(Message::Binary(_)))));
+            held.push(ws);
+        }
+        match dialer.open("connect", &vm_query(s.echo_port), &token).await {
+            Err(e) => assert!(e.message.contains("429"), "{}", e.message),
+            Ok(_) => panic!("the third tunnel of one principal was accepted"),
+        }
+        // Another principal is not affected.
+        let other = Token::new("ti-good-token-123").unwrap();
+        assert!(
+            dialer
+                .open("connect", &vm_query(s.echo_port), &other)
+                .await
+                .is_ok()
+        );
+        // Closing one frees a place.
+        let mut first = held.remove(0);
+        let _ = first.close(None).await;
+        drop(first);
+        let started = Instant::now();
+        loop {
+            if let Ok(mut ws) = dialer.open("connect", &vm_query(s.echo_port), &token).await {
+                assert!(matches!(ws.next().await, Some(Ok(Message::Binary(_)))));
+                break;
+            }
+            assert!(
+                started.elapsed() < Duration::from_secs(5),
+                "the place was not freed"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    });
+    // A client that connects and says nothing is dropped after the handshake timeout.
+    let mut silent = std::net::TcpStream::connect(s.relay.addr).unwrap();
+    silent
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    let started = Instant::now();
+    let mut buf = [0u8; 16];
+    let n = silent.read(&mut buf).unwrap_or(0);
+    assert_eq!(n, 0, "expected the relay to close");
+    let waited = started.elapsed();
+    assert!(
+        waited >= Duration::from_millis(900) && waited < Duration::from_secs(5),
+        "dropped after {waited:?}"
+    );
+    wait_for_log(&s.relay, "handshake timed out", 1);
+}
+
+/// 1,000 tunnels at once through one relay, each echoing its own data.
+#[test]
+fn a_thousand_concurrent_tunnels() {
+    let s = setup("");
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    let started = Instant::now();
+    let intact = rt.block_on(async {
+        let dialer = Arc::new(dialer(&s.relay));
+        let token = Token::new("static-alice-token").unwrap();
+        let mut tasks = tokio::task::JoinSet::new();
+        for i in 0..1000u32 {
+            let (dialer, token, query) = (dialer.clone(), token.clone(), vm_query(s.echo_port));
+            tasks.spawn(async move {
+                let mut ws = dialer
+                    .open("connect", &query, &token)
+                    .await
+                    .map_err(|e| e.message)?;
+                match ws.next().await {
+                    Some(Ok(Message::Binary(_))) => {}
+                    other => return Err(format!("no session id: {other:?}")),
+                }
+                let payload: Vec<u8> = (0..4096u32)
+                    .map(|j| (i.wrapping_mul(31).wrapping_add(j)) as u8)
+                    .collect();
+                ws.send(Message::Binary(Frame::Data(&payload).to_bytes()))
+                    .await
+                    .map_err(|e| e.to_string())?;
+                let mut back = Vec::new();
+                while back.len() < payload.len() {
+                    match tokio::time::timeout(Duration::from_secs(60), ws.next()).await {
+                        Ok(Some(Ok(Message::Binary(b)))) => {
+                            if let Ok(Frame::Data(d)) = Frame::decode(&b) {
+                                back.extend_from_slice(d);
+                            }
+                        }
+                        other => return Err(format!("tunnel {i}: {other:?}")),
+                    }
+                }
+                let _ = ws.close(None).await;
+                Ok(back == payload)
+            });
+        }
+        let mut intact = 0;
+        while let Some(done) = tasks.join_next().await {
+            match done.unwrap() {
+                Ok(true) => intact += 1,
+                Ok(false) => panic!("echoed data differs"),
+                Err(e) => panic!("{e}"),
+            }
+        }
+        intact
+    });
+    assert_eq!(intact, 1000);
+    eprintln!(
+        "1000 concurrent tunnels echoed 4 KiB each in {:?}",
+        started.elapsed()
+    );
+}
+
+/// SIGHUP with a binding removed ends a live ssh session, and the audit log says why; a bad
+/// configuration is refused and the old one kept.
+#[test]
+fn reload_revokes_a_live_ssh_session() {
+    if !require_openssh() {
+        return;
+    }
+    let s = setup("");
+    let sshd = spawn_sshd();
+    let token_file = write_token_file(&sshd.subdir("secrets"), "static-alice-token");
+    // The instance's port must be allowed: rewrite the port condition for sshd's port.
+    let config = std::fs::read_to_string(&s.relay.config_path).unwrap();
+    let with_sshd = config.replace(
+        &format!("ports = [{}]", s.echo_port),
+        &format!("ports = [{}, {}]", s.echo_port, sshd.port),
+    );
+    std::fs::write(&s.relay.config_path, &with_sshd).unwrap();
+    let pid = s.relay.pid();
+    rustix::process::kill_process(
+        rustix::process::Pid::from_raw(pid as i32).unwrap(),
+        rustix::process::Signal::HUP,
+    )
+    .unwrap();
+    wait_for_log(&s.relay, "configuration reloaded", 1);
+
+    let mut cmd = ssh_command("ssh", &sshd);
+    cmd.args(ssh_base_args(
+        &sshd,
+        &proxy_command(&s.relay, &token_file, ""),
+    ))
+    .arg(dotted_host())
+    .arg("echo started; sleep 60; echo finished")
+    .stdout(std::process::Stdio::piped())
+    .stderr(std::process::Stdio::piped())
+    .stdin(std::process::Stdio::null());
+    let mut child = ChildGuard::new(cmd.spawn().unwrap());
+    let mut out = child.child_mut().stdout.take().unwrap();
+    let mut first = [0u8; 8];
+    out.read_exact(&mut first).unwrap();
+    assert_eq!(&first, b"started\n");
+
+    // A broken configuration is refused; the session lives on.
+    std::fs::write(&s.relay.config_path, "this is not toml").unwrap();
+    rustix::process::kill_process(
+        rustix::process::Pid::from_raw(pid as i32).unwrap(),
+        rustix::process::Signal::HUP,
+    )
+    .unwrap();
+    wait_for_log(&s.relay, "reload failed", 1);
+    assert!(
+        child.try_wait().is_none(),
+        "a failed reload ended the session"
+    );
+
+    // Remove alice from the project binding and reload: the session ends at once.
+    let revoked = with_sshd.replacen(
+        "members = [\"user:alice@example.com\", \"group:ops\"]",
+        "members = [\"group:ops\"]",
+        1,
+    );
+    std::fs::write(&s.relay.config_path, revoked).unwrap();
+    let started = Instant::now();
+    rustix::process::kill_process(
+        rustix::process::Pid::from_raw(pid as i32).unwrap(),
+        rustix::process::Signal::HUP,
+    )
+    .unwrap();
+    while child.try_wait().is_none() {
+        assert!(
+            started.elapsed() < Duration::from_secs(20),
+            "the revoked session is still running"
+        );
+        thread::sleep(Duration::from_millis(50));
+    }
+    eprintln!("revoked session ended {:?} after SIGHUP", started.elapsed());
+    let lines = audit_lines(&s.audit);
+    assert!(
+        lines.iter().any(|l| l["event"] == "close"
+            && l["code"] == 4033
+            && l["reason"].as_str().is_some_and(|r| r.contains("revoked"))),
+        "{lines:?}"
+    );
+}
+
+fn wait_for_log(relay: &Relay, text: &str, count: usize) {
+    let started = Instant::now();
+    while relay.log().matches(text).count() < count {
+        assert!(
+            started.elapsed() < Duration::from_secs(10),
+            "no {text:?} in:\n{}",
+            relay.log()
+        );
+        thread::sleep(Duration::from_millis(20));
+    }
+}
