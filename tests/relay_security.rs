@@ -122,21 +122,7 @@ fn setup(extra: &str) -> Setup {
     let audit = dir.path().join("audit.jsonl");
     let tokeninfo = tokeninfo_endpoint("ti-good-token-123");
     let q = |s: &str| serde_json::to_string(s).unwrap();
-    let mut spec = RelaySpec::default();
-    spec.tokens = vec![
-        ("user:alice@example.com".into(), "static-alice-token".into()),
-        (
-            "user:mallory@example.com".into(),
-            "static-mallory-token".into(),
-        ),
-    ];
-    spec.instances = vec![(
-        PROJECT.into(),
-        ZONE.into(),
-        INSTANCE.into(),
-        "127.0.0.1".into(),
-    )];
-    spec.extra_toml = format!(
+    let extra_toml = format!(
         r#"audit_log = {audit}
 {extra}
 [[jwt]]
@@ -173,8 +159,24 @@ expires = 2020-01-01T00:00:00Z
         jwks = q(&dir.path().join("jwks.json").display().to_string()),
         tokeninfo = q(&tokeninfo),
     );
-    spec.tokens
-        .push(("user:old@example.com".into(), "static-old-token".into()));
+    let spec = RelaySpec {
+        tokens: vec![
+            ("user:alice@example.com".into(), "static-alice-token".into()),
+            (
+                "user:mallory@example.com".into(),
+                "static-mallory-token".into(),
+            ),
+            ("user:old@example.com".into(), "static-old-token".into()),
+        ],
+        instances: vec![(
+            PROJECT.into(),
+            ZONE.into(),
+            INSTANCE.into(),
+            "127.0.0.1".into(),
+        )],
+        extra_toml,
+        ..RelaySpec::default()
+    };
     let relay = spawn_relay(&spec);
     Setup {
         relay,
