@@ -536,3 +536,18 @@ ports = [22]
         }
     }
 }
+
+#[cfg(test)]
+mod example {
+    use super::*;
+
+    /// The example shipped for operators must stay a valid configuration.
+    #[test]
+    fn shipped_example_parses() {
+        let text = include_str!("../../deploy/relay.toml.example");
+        let config = RelayConfig::parse(text, Path::new("/etc/iap-relay")).unwrap();
+        assert_eq!(config.policy.bindings.len(), 2);
+        assert_eq!(config.jwt.len(), 1);
+        assert!(config.admin_listen.is_some());
+    }
+}

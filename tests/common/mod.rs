@@ -582,6 +582,11 @@ impl Relay {
     pub fn pid(&self) -> u32 {
         self.child.id()
     }
+
+    /// Whether the relay process is still running (reaps it once it has exited).
+    pub fn is_running(&mut self) -> bool {
+        self.child.try_wait().is_none()
+    }
 }
 
 /// Writes the config for `spec` and starts `iap-relay --config …`, waiting (at most

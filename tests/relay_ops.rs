@@ -1,0 +1,224 @@
+//! Running iap-relay in production: the admin endpoint (health and Prometheus metrics), a
+//! SIGTERM drain with a live tunnel, and plain `ws://` behind a TLS-terminating proxy where
+//! `X-Forwarded-For` is believed only from configured proxy addresses.
+
+mod common;
+
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::thread;
+use std::time::{Duration, Instant};
+
+use common::*;
+use futures_util::{SinkExt, StreamExt};
+use iap_ssh::client::auth::Token;
+use iap_ssh::client::dial::{Dialer, Endpoint, tls_config};
+use iap_ssh::frame::Frame;
+use tokio_tungstenite::tungstenite::Message;
+use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+
+const TOKEN: &str = "ops-test-token-0123456789";
+
+fn echo_backend() -> u16 {
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    thread::spawn(move || {
+        for s in listener.incoming().flatten() {
+            thread::spawn(move || {
+                let mut w = s.try_clone().unwrap();
+                let mut r = s;
+                let _ = std::io::copy(&mut r, &mut w);
+            });
+        }
+    });
+    port
+}
+
+fn http_get(addr: SocketAddr, path: &str) -> String {
+    let mut s = TcpStream::connect(addr).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    write!(s, "GET {path} HTTP/1.1\r\nHost: admin\r\n\r\n").unwrap();
+    let mut out = String::new();
+    let _ = s.read_to_string(&mut out);
+    out
+}
+
+fn dialer(relay: &Relay) -> Dialer {
+    Dialer {
+        endpoint: Endpoint::parse(&relay.url).unwrap(),
+        tls: tls_config(relay.pki.as_ref().map(|p| p.ca_pem.as_path())).unwrap(),
+        user_agent: "ops-test".into(),
+    }
+}
+
+fn query(port: u16) -> String {
+    format!(
+        "project={PROJECT}&port={port}&newWebsocket=True&zone={ZONE}&instance={INSTANCE}&interface=nic0"
+    )
+}
+
+async fn echo_once(ws: &mut iap_ssh::client::dial::RelaySocket, text: &[u8]) {
+    ws.send(Message::Binary(Frame::Data(text).to_bytes()))
+        .await
+        .unwrap();
+    let mut back = Vec::new();
+    while back.len() < text.len() {
+        match tokio::time::timeout(Duration::from_secs(10), ws.next()).await {
+            Ok(Some(Ok(Message::Binary(b)))) => {
+                if let Ok(Frame::Data(d)) = Frame::decode(&b) {
+                    back.extend_from_slice(d);
+                }
+            }
+            other => panic!("no echo: {other:?}"),
+        }
+    }
+    assert_eq!(back, text);
+}
+
+#[test]
+fn admin_endpoint_health_metrics_and_sigterm_drain() {
+    let admin_port = free_port();
+    let mut spec = RelaySpec::standard("user:alice@example.com", TOKEN);
+    spec.extra_toml =
+        format!("admin_listen = \"127.0.0.1:{admin_port}\"\n[limits]\ndrain_secs = 30\n");
+    let mut relay = spawn_relay(&spec);
+    let admin: SocketAddr = ([127, 0, 0, 1], admin_port).into();
+    let backend = echo_backend();
+    let health = http_get(admin, "/healthz");
+    assert!(
+        health.starts_with("HTTP/1.1 200") && health.ends_with("ok\n"),
+        "{health}"
+    );
+    assert!(http_get(admin, "/nope").starts_with("HTTP/1.1 404"));
+
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(async {
+        let d = dialer(&relay);
+        // One refused credential, one live tunnel.
+        assert!(
+            d.open(
+                "connect",
+                &query(backend),
+                &Token::new("wrong-token").unwrap()
+            )
+            .await
+            .is_err()
+        );
+        let mut ws = d
+            .open("connect", &query(backend), &Token::new(TOKEN).unwrap())
+            .await
+            .unwrap();
+        assert!(matches!(ws.next().await, Some(Ok(Message::Binary(_)))));
+        echo_once(&mut ws, b"before the drain").await;
+        let metrics = tokio::task::spawn_blocking(move || http_get(admin, "/metrics"))
+            .await
+            .unwrap();
+        for want in [
+            "iap_relay_sessions_open 1",
+            "iap_relay_auth_failures_total{reason=\"unknown_token\"} 1",
+            "iap_relay_handshake_seconds_count 1",
+            "# TYPE iap_relay_handshake_seconds histogram",
+        ] {
+            assert!(metrics.contains(want), "{want:?} missing:\n{metrics}");
+        }
+
+        // SIGTERM: health turns 503, new sessions are refused, the live one carries on.
+        let pid = rustix::process::Pid::from_raw(relay.pid() as i32).unwrap();
+        rustix::process::kill_process(pid, rustix::process::Signal::TERM).unwrap();
+        let started = Instant::now();
+        loop {
+            let h = tokio::task::spawn_blocking(move || http_get(admin, "/healthz"))
+                .await
+                .unwrap();
+            if h.starts_with("HTTP/1.1 503") {
+                break;
+            }
+            assert!(started.elapsed() < Duration::from_secs(5), "{h}");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        match d
+            .open("connect", &query(backend), &Token::new(TOKEN).unwrap())
+            .await
+        {
+            Err(e) => assert!(e.message.contains("503"), "{}", e.message),
+            Ok(_) => panic!("a draining relay took a new session"),
+        }
+        echo_once(&mut ws, b"during the drain").await;
+        let _ = ws.close(None).await;
+    });
+    // With its last session gone, the relay exits on its own, long before drain_secs.
+    let started = Instant::now();
+    while relay.is_running() {
+        assert!(
+            started.elapsed() < Duration::from_secs(15),
+            "relay still running:\n{}",
+            relay.log()
+        );
+        thread::sleep(Duration::from_millis(50));
+    }
+    assert!(relay.log().contains("draining"), "{}", relay.log());
+}
+
+/// Opens a ws:// tunnel to `relay` claiming `forwarded` in X-Forwarded-For.
+async fn open_forwarded(relay: &Relay, backend: u16, forwarded: &str) {
+    let url = format!("{}/v4/connect?{}", relay.url, query(backend));
+    let mut req = url.as_str().into_client_request().unwrap();
+    let h = req.headers_mut();
+    h.insert("Authorization", format!("Bearer {TOKEN}").parse().unwrap());
+    h.insert(
+        "Sec-WebSocket-Protocol",
+        "relay.tunnel.cloudproxy.app".parse().unwrap(),
+    );
+    h.insert("X-Forwarded-For", forwarded.parse().unwrap());
+    let tcp = tokio::net::TcpStream::connect(relay.addr).await.unwrap();
+    let (mut ws, _) = tokio_tungstenite::client_async(req, tcp).await.unwrap();
+    assert!(matches!(ws.next().await, Some(Ok(Message::Binary(_)))));
+    let _ = ws.close(None).await;
+}
+
+fn audit_clients(path: &std::path::Path) -> Vec<String> {
+    std::fs::read_to_string(path)
+        .unwrap_or_default()
+        .lines()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .filter(|v| v["event"] == "connect")
+        .map(|v| v["client"].as_str().unwrap_or("").to_owned())
+        .collect()
+}
+
+#[test]
+fn forwarded_for_is_believed_only_from_trusted_proxies() {
+    let backend = echo_backend();
+    let dir = tempfile::tempdir().unwrap();
+    for (trusted, expected) in [("[\"127.0.0.1\"]", "203.0.113.7"), ("[]", "127.0.0.1")] {
+        let audit = dir.path().join(format!("audit-{}.jsonl", expected));
+        let mut spec = RelaySpec::standard("user:alice@example.com", TOKEN);
+        spec.tls = false;
+        spec.extra_toml = format!(
+            "trusted_proxies = {trusted}\naudit_log = {}\n",
+            serde_json::to_string(&audit.display().to_string()).unwrap()
+        );
+        let relay = spawn_relay(&spec);
+        assert!(relay.url.starts_with("ws://"), "{}", relay.url);
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        // A spoofed hop before the proxy's own entry is ignored: the proxy appends the real one.
+        rt.block_on(open_forwarded(&relay, backend, "198.51.100.1, 203.0.113.7"));
+        let started = Instant::now();
+        while audit_clients(&audit).is_empty() {
+            assert!(started.elapsed() < Duration::from_secs(5));
+            thread::sleep(Duration::from_millis(20));
+        }
+        assert_eq!(
+            audit_clients(&audit),
+            vec![expected.to_owned()],
+            "trusted_proxies = {trusted}"
+        );
+    }
+}
