@@ -38,6 +38,9 @@ pub struct RelayFile {
     pub limits: Limits,
     /// Address of the admin endpoint (`/healthz`, `/metrics`); off when absent.
     pub admin_listen: Option<SocketAddr>,
+    /// This relay's name in a fleet; it starts every session id, so a load balancer can send
+    /// `/v4/reconnect?sid=…` to the node that holds the session.
+    pub node_id: Option<String>,
     /// File the audit log (JSON lines) is appended to; off when absent.
     pub audit_log: Option<PathBuf>,
     /// Proxies (addresses or CIDR ranges) whose `X-Forwarded-For` is believed.
@@ -208,6 +211,8 @@ pub struct RelayConfig {
     pub limits: Limits,
     /// Admin endpoint address.
     pub admin_listen: Option<SocketAddr>,
+    /// Node id, prefixed to session ids.
+    pub node_id: Option<String>,
     /// Audit log file.
     pub audit_log: Option<PathBuf>,
     /// Proxies whose `X-Forwarded-For` is believed.
@@ -375,6 +380,16 @@ impl RelayConfig {
             policy: Policy { bindings, groups },
             limits: file.limits,
             admin_listen: file.admin_listen,
+            node_id: match file.node_id {
+                Some(id)
+                    if id.is_empty()
+                        || id.len() > 32
+                        || !id.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-') =>
+                {
+                    bail!("node_id {id:?} must be 1 to 32 letters, digits or '-'")
+                }
+                other => other,
+            },
             audit_log: file.audit_log.map(|p| base.join(p)),
             trusted_proxies,
             jwt,

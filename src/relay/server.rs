@@ -529,12 +529,19 @@ async fn close_with<S: AsyncRead + AsyncWrite + Unpin>(ws: &mut WebSocketStream<
     .await;
 }
 
-fn new_session_id() -> String {
+/// A session id: `NODE.` (when the relay has a node id) and 144 random bits in hex. The node
+/// part lets a load balancer route a reconnect to the node holding the session; the random
+/// part makes ids unguessable.
+fn new_session_id(node_id: Option<&str>) -> String {
     let mut bytes = [0u8; 18];
     // SystemRandom only fails when the OS has no entropy source at all.
     ring::rand::SecureRandom::fill(&ring::rand::SystemRandom::new(), &mut bytes)
         .expect("the operating system's random source is available");
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
+    let random: String = bytes.iter().map(|b| format!("{b:02x}")).collect();
+    match node_id {
+        Some(node) => format!("{node}.{random}"),
+        None => random,
+    }
 }
 
 async fn handle(
@@ -710,7 +717,7 @@ async fn connect(
         return false;
     };
     let _ = backend.set_nodelay(true);
-    let sid = new_session_id();
+    let sid = new_session_id(state.config.node_id.as_deref());
     if let Err(e) = ws
         .send(Message::Binary(
             Frame::ConnectSuccessSid(sid.as_bytes()).to_bytes(),
@@ -981,4 +988,20 @@ fn park(relay: &Arc<Relay>, state: &State, parked: Parked) {
             );
         }
     });
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn session_ids_name_their_node_and_are_unguessable() {
+        let a = new_session_id(Some("relay-2"));
+        let (node, random) = a.split_once('.').unwrap();
+        assert_eq!(node, "relay-2");
+        assert_eq!(random.len(), 36);
+        assert!(random.bytes().all(|b| b.is_ascii_hexdigit()));
+        assert_ne!(a, new_session_id(Some("relay-2")));
+        assert!(!new_session_id(None).contains('.'));
+    }
 }
