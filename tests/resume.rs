@@ -440,3 +440,91 @@ fn hijack_attempt_is_refused_and_owner_unaffected() {
         "a token reached the log"
     );
 }
+
+/// The relay dies and its address answers HTTP 503 (a load balancer with no node for the
+/// session): the client gives up in bounded time with a one-line message, not after the whole
+/// resume budget. With nothing listening at all, `--resume-timeout` bounds the wait.
+#[test]
+fn a_dead_relay_ends_the_tunnel_in_bounded_time() {
+    for answer_503 in [false, true] {
+        // Plain ws:// on loopback, so a plain HTTP server can stand in for a load balancer.
+        let mut spec = RelaySpec::standard(PRINCIPAL, TOKEN);
+        spec.tls = false;
+        let rig = rig(spec);
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = listener.local_addr().unwrap().port();
+        thread::spawn(move || {
+            if let Ok((s, _)) = listener.accept() {
+                let mut w = s.try_clone().unwrap();
+                let mut r = s;
+                let _ = std::io::copy(&mut r, &mut w);
+            }
+        });
+        let mut cmd = Command::new(iap_ssh_bin());
+        cmd.arg("--endpoint")
+            .arg(format!("ws://{}", rig.proxy.addr))
+            .arg("--access-token-file")
+            .arg(&rig.token_file)
+            // With a 503 the budget is generous: the refusal itself must end the wait.
+            .args([
+                "--resume-timeout",
+                if answer_503 { "120" } else { "3" },
+                &dotted_host(),
+                &port.to_string(),
+            ])
+            .env_remove("CLOUDSDK_AUTH_ACCESS_TOKEN_FILE");
+        let mut child = cmd
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let err = stderr_of(&mut child);
+        let mut stdin = child.stdin.take().unwrap();
+        let mut stdout = child.stdout.take().unwrap();
+        {
+            use std::io::Write;
+            stdin.write_all(b"ping\n").unwrap();
+            let mut got = [0u8; 5];
+            stdout.read_exact(&mut got).unwrap();
+        }
+        let relay_addr = rig.relay.addr;
+        let Rig { relay, proxy, .. } = rig;
+        drop(relay); // killed
+        let _refuser = answer_503.then(|| {
+            let l = TcpListener::bind(relay_addr).expect("rebinding the relay's port");
+            thread::spawn(move || {
+                for s in l.incoming().flatten() {
+                    let mut s = s;
+                    let mut buf = [0u8; 4096];
+                    let _ = s.read(&mut buf);
+                    use std::io::Write;
+                    let _ = s.write_all(b"HTTP/1.1 503 Service Unavailable\r\nContent-Length: 0\r\nConnection: close\r\n\r\n");
+                }
+            })
+        });
+        let started = Instant::now();
+        proxy.reset_all();
+        let status = wait_child(&mut child);
+        let took = started.elapsed();
+        let stderr = err.join().unwrap();
+        let last = stderr.lines().last().unwrap_or_default().to_owned();
+        assert_eq!(status.code(), Some(1), "{stderr}");
+        assert!(
+            last.starts_with("iap-ssh: lost the connection to the relay"),
+            "{last}"
+        );
+        if answer_503 {
+            assert!(
+                last.contains("HTTP 503") && last.contains("refused to resume"),
+                "{last}"
+            );
+            assert!(took < Duration::from_secs(45), "took {took:?}");
+        } else {
+            assert!(last.contains("could not resume within 3s"), "{last}");
+            assert!(took < Duration::from_secs(15), "took {took:?}");
+        }
+        eprintln!("dead relay (503: {answer_503}) reported after {took:?}: {last}");
+        drop(stdin);
+    }
+}

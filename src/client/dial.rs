@@ -49,6 +49,9 @@ pub struct DialError {
     pub kind: ExitKind,
     /// One line: what failed and what to do.
     pub message: String,
+    /// The HTTP status when the relay (or a load balancer in front of it) answered the
+    /// upgrade with an error.
+    pub http_status: Option<u16>,
 }
 
 impl std::fmt::Display for DialError {
@@ -60,7 +63,11 @@ impl std::fmt::Display for DialError {
 impl std::error::Error for DialError {}
 
 fn dial_error(kind: ExitKind, message: String) -> DialError {
-    DialError { kind, message }
+    DialError {
+        kind,
+        message,
+        http_status: None,
+    }
 }
 
 /// Where the relay is: scheme, authority and path root (gcloud's `--iap-tunnel-url-override`
@@ -378,12 +385,15 @@ fn upgrade_error(relay: &str, e: tokio_tungstenite::tungstenite::Error) -> DialE
                 ),
                 _ => (ExitKind::Other, "check --endpoint and the relay's logs"),
             };
-            dial_error(
-                kind,
-                format!(
-                    "the relay at {relay} answered the WebSocket upgrade with HTTP {status}: {hint}"
-                ),
-            )
+            DialError {
+                http_status: Some(status.as_u16()),
+                ..dial_error(
+                    kind,
+                    format!(
+                        "the relay at {relay} answered the WebSocket upgrade with HTTP {status}: {hint}"
+                    ),
+                )
+            }
         }
         Error::Io(io) if tls_alert_hint(&io, relay).is_some() => dial_error(
             ExitKind::Authentication,

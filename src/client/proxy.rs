@@ -178,6 +178,7 @@ impl Proxy {
         let fail = |message: String| DialError {
             kind: ExitKind::Other,
             message,
+            http_status: None,
         };
         let proxy = self.authority();
         let mut stream = TcpStream::connect((self.host.as_str(), self.port))

@@ -68,6 +68,10 @@ impl Default for ResumeSettings {
 const FIRST_RETRY: Duration = Duration::from_millis(100);
 /// Longest pause between reconnect attempts.
 const MAX_RETRY: Duration = Duration::from_secs(20);
+/// How long HTTP refusals of a resume (a load balancer with no node for the session) are
+/// retried before the tunnel is given up: long enough for a balancer restart, short enough
+/// that a user whose relay died is told so quickly.
+const REFUSED_RETRY_BUDGET: Duration = Duration::from_secs(30);
 
 /// What a client tunnel needs: where, what, and with which credentials.
 #[derive(Debug)]
@@ -120,10 +124,12 @@ impl TunnelConfig {
             (failure, Retry::No)
         })?;
         let mut ws = self.dialer.open(path, query, &token).await.map_err(|e| {
-            let retry = if e.kind == ExitKind::Other {
-                Retry::Yes
-            } else {
-                Retry::No
+            let retry = match (e.kind, e.http_status) {
+                // A relay or load balancer refusing the upgrade (e.g. 503: the node holding
+                // the session is gone) is retried briefly, not for the whole budget.
+                (ExitKind::Other, Some(_)) => Retry::Refused,
+                (ExitKind::Other, None) => Retry::Yes,
+                _ => Retry::No,
             };
             let failure = Failure {
                 kind: e.kind,
@@ -249,6 +255,15 @@ impl TunnelConfig {
                 Err((failure, Retry::No)) => return Err(failure),
                 // A relay that keeps asking for a fresh token is not going to take ours.
                 Err((failure, Retry::FreshToken)) if attempts > 3 => return Err(failure),
+                Err((failure, Retry::Refused))
+                    if started.elapsed() + pause >= REFUSED_RETRY_BUDGET =>
+                {
+                    return Err(Failure::other(format!(
+                        "lost the connection to the relay at {} ({why}) and it refused to resume the session: {}",
+                        self.dialer.endpoint.authority(),
+                        failure.message
+                    )));
+                }
                 Err((failure, _)) => {
                     if started.elapsed() + pause > self.resume.budget {
                         return Err(Failure::other(format!(
@@ -362,6 +377,8 @@ enum Retry {
     Yes,
     /// The relay asked for re-authentication (4004): try again with a fresh token.
     FreshToken,
+    /// The upgrade got an HTTP error: try again for [`REFUSED_RETRY_BUDGET`] only.
+    Refused,
     /// A refusal or protocol violation: final.
     No,
 }

@@ -326,7 +326,7 @@ where
                 alive.heard();
                 let msg = match msg {
                     Some(Ok(msg)) => msg,
-                    Some(Err(e)) => return finish_closing(close_sent, PumpEnd::TransportLost(e.to_string())),
+                    Some(Err(e)) => return finish_closing(close_sent, PumpEnd::TransportLost(transport_error(e))),
                     None => return finish_closing(close_sent, PumpEnd::TransportLost("connection closed without a close frame".into())),
                 };
                 match msg {
@@ -499,6 +499,15 @@ impl Liveness {
             return Check::Ping;
         }
         Check::Fine
+    }
+}
+
+/// A transport error as one readable phrase: library texts can carry documentation links.
+fn transport_error(e: impl std::fmt::Display) -> String {
+    let text = e.to_string();
+    match text.find(": https://") {
+        Some(i) => text[..i].to_owned(),
+        None => text,
     }
 }
 
