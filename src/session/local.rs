@@ -7,8 +7,8 @@
 use std::future::Future;
 use std::io;
 
-use bytes::{Buf, Bytes, BytesMut};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use bytes::{Buf, BufMut, Bytes, BytesMut};
+use tokio::io::AsyncWriteExt;
 use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::sync::mpsc;
 
@@ -55,7 +55,19 @@ impl MessageBuffer {
         &mut self.block[DATA_HEADER_LEN..]
     }
 
-    /// Turns the first `n` bytes of the last [`spare`](Self::spare) into a DATA message.
+    /// A buffer holding only the header room, with capacity for a full payload, for reads
+    /// that append (no zero-filling, unlike [`spare`](Self::spare)).
+    pub fn begin(&mut self) -> &mut BytesMut {
+        if self.block.capacity() < DATA_HEADER_LEN + MAX_ARRAY_LEN {
+            self.block = BytesMut::with_capacity(BLOCK_SIZE);
+        }
+        self.block.clear();
+        self.block.put_bytes(0, DATA_HEADER_LEN);
+        &mut self.block
+    }
+
+    /// Turns the first `n` payload bytes read after [`spare`](Self::spare) or
+    /// [`begin`](Self::begin) into a DATA message.
     pub fn finish(&mut self, n: usize) -> Bytes {
         self.block.truncate(DATA_HEADER_LEN + n);
         let mut header = [0u8; DATA_HEADER_LEN];
@@ -84,9 +96,17 @@ impl TcpInput {
 
 impl LocalInput for TcpInput {
     async fn read_message(&mut self) -> io::Result<Option<Bytes>> {
-        // `read` is cancel safe: if dropped, nothing was consumed from the socket.
-        let n = self.read.read(self.buf.spare()).await?;
-        Ok((n > 0).then(|| self.buf.finish(n)))
+        loop {
+            // Cancel safe: readiness consumes nothing, and the read itself does not wait.
+            self.read.readable().await?;
+            let mut room = self.buf.begin().limit(MAX_ARRAY_LEN);
+            match self.read.try_read_buf(&mut room) {
+                Ok(0) => return Ok(None),
+                Ok(n) => return Ok(Some(self.buf.finish(n))),
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
+                Err(e) => return Err(e),
+            }
+        }
     }
 }
 
@@ -180,6 +200,24 @@ mod tests {
         let second = buf.finish(2);
         assert_eq!(Frame::decode(&first), Ok(Frame::Data(b"abc")));
         assert_eq!(Frame::decode(&second), Ok(Frame::Data(b"de")));
+    }
+
+    #[test]
+    fn appending_reads_build_messages_without_zero_filling() {
+        let mut buf = MessageBuffer::default();
+        buf.begin().extend_from_slice(b"xyz");
+        let first = buf.finish(3);
+        let room = buf.begin();
+        assert_eq!(
+            room.len(),
+            DATA_HEADER_LEN,
+            "only the header room is initialised"
+        );
+        assert!(room.capacity() >= DATA_HEADER_LEN + MAX_ARRAY_LEN);
+        room.extend_from_slice(b"w");
+        let second = buf.finish(1);
+        assert_eq!(Frame::decode(&first), Ok(Frame::Data(b"xyz")));
+        assert_eq!(Frame::decode(&second), Ok(Frame::Data(b"w")));
     }
 
     #[test]
