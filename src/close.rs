@@ -48,9 +48,11 @@ pub const SID_IN_USE: u16 = 4002;
 pub const FAILED_TO_CONNECT_TO_BACKEND: u16 = 4003;
 /// The session may continue on `/v4/reconnect` with a fresh token.
 pub const REAUTHENTICATION_REQUIRED: u16 = 4004;
-/// The client acknowledged bytes the relay never sent.
+/// An acknowledgement went backwards (lower than one the peer sent before); `iap-relay`
+/// sends this, as gcloud's `SubprotocolOutOfOrderAckError` names the case.
 pub const BAD_ACK: u16 = 4005;
-/// The client sent a malformed acknowledgement.
+/// An acknowledgement for bytes that were never sent; `iap-relay` sends this, as gcloud's
+/// `SubprotocolInvalidAckError` names the case.
 pub const INVALID_ACK: u16 = 4006;
 /// The client sent a WebSocket message that is not binary.
 pub const INVALID_WEBSOCKET_OPCODE: u16 = 4007;

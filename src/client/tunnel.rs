@@ -137,7 +137,18 @@ impl TunnelConfig {
             };
             (failure, retry)
         })?;
-        let first = tokio::time::timeout(FIRST_FRAME_TIMEOUT, ws.next())
+        // WebSocket pings and pongs may come at any time (tungstenite answers pings itself), so
+        // they are skipped; the deadline covers them too, so a ping flood cannot stall us.
+        let deadline = tokio::time::Instant::now() + FIRST_FRAME_TIMEOUT;
+        let first = async {
+            loop {
+                match ws.next().await {
+                    Some(Ok(Message::Ping(_) | Message::Pong(_))) => {}
+                    other => return other,
+                }
+            }
+        };
+        let first = tokio::time::timeout_at(deadline, first)
             .await
             .map_err(|_| {
                 let failure = Failure::other(format!(
