@@ -56,9 +56,7 @@ fn run(args: &Args) -> anyhow::Result<()> {
             println!("iap-relay: {} is valid", args.config.display());
             return Ok(());
         }
-        let listener = tokio::net::TcpListener::bind(listen)
-            .await
-            .map_err(|e| anyhow::anyhow!("binding {listen}: {e}"))?;
+        let listener = bind(listen).map_err(|e| anyhow::anyhow!("binding {listen}: {e}"))?;
         let addr = listener.local_addr()?;
         let stop = CancellationToken::new();
         // The admin endpoint outlives the drain, so a load balancer sees /healthz turn 503.
@@ -103,4 +101,17 @@ fn run(args: &Args) -> anyhow::Result<()> {
         admin_stop.cancel();
         Ok(())
     })
+}
+
+/// Listens with a deep accept queue: tokio's default of 1024 overflows when thousands of
+/// clients connect at once, and SYN cookies then leave clients believing they are connected.
+fn bind(addr: std::net::SocketAddr) -> std::io::Result<tokio::net::TcpListener> {
+    let socket = if addr.is_ipv4() {
+        tokio::net::TcpSocket::new_v4()?
+    } else {
+        tokio::net::TcpSocket::new_v6()?
+    };
+    socket.set_reuseaddr(true)?;
+    socket.bind(addr)?;
+    socket.listen(4096)
 }

@@ -63,12 +63,20 @@ pub async fn read_head<S: AsyncRead + Unpin>(
                         .and_then(|h| std::str::from_utf8(h.value).ok())
                         .map(str::to_owned)
                 };
+                // Every X-Forwarded-For header, in order: a proxy that appends its own header
+                // after the client's must not have the client's first one believed instead.
+                let forwarded: Vec<&str> = req
+                    .headers
+                    .iter()
+                    .filter(|h| h.name.eq_ignore_ascii_case("x-forwarded-for"))
+                    .filter_map(|h| std::str::from_utf8(h.value).ok())
+                    .collect();
                 let head = Head {
                     method: req.method.unwrap_or("").to_owned(),
                     path: path.to_owned(),
                     query: query.to_owned(),
                     authorization: header("authorization"),
-                    forwarded_for: header("x-forwarded-for"),
+                    forwarded_for: (!forwarded.is_empty()).then(|| forwarded.join(", ")),
                 };
                 return Ok((head, buf));
             }
@@ -170,7 +178,7 @@ mod tests {
 
     #[tokio::test]
     async fn head_is_parsed_and_replayed() {
-        let request = b"GET /v4/connect?project=p&port=22 HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer abc\r\nX-Forwarded-For: 10.1.2.3\r\n\r\nrest";
+        let request = b"GET /v4/connect?project=p&port=22 HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer abc\r\nX-Forwarded-For: 10.1.2.3\r\nX-Forwarded-For: 10.9.9.9\r\n\r\nrest";
         let (mut a, mut b) = tokio::io::duplex(64);
         tokio::spawn(async move {
             a.write_all(request).await.unwrap();
@@ -179,7 +187,7 @@ mod tests {
         assert_eq!(head.path, "/v4/connect");
         assert_eq!(head.query, "project=p&port=22");
         assert_eq!(head.authorization.as_deref(), Some("Bearer abc"));
-        assert_eq!(head.forwarded_for.as_deref(), Some("10.1.2.3"));
+        assert_eq!(head.forwarded_for.as_deref(), Some("10.1.2.3, 10.9.9.9"));
         let mut replay = Prefixed::new(buf, b);
         let mut all = Vec::new();
         replay.read_to_end(&mut all).await.unwrap();
