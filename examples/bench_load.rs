@@ -14,6 +14,12 @@
 //!   MARKER (`marker_ms`, `-` when MARKER is empty or never seen), then kills CMD.
 //!
 //! Run: `cargo run --release --example bench_load -- SUBCOMMAND ...`
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::indexing_slicing,
+    clippy::panic
+)]
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::path::Path;

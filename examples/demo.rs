@@ -4,6 +4,12 @@
 //!
 //! Run: `cargo build --release && cargo run --release --example demo`
 //! With `--keep` it leaves the relay running and prints an ssh_config block to try by hand.
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::indexing_slicing,
+    clippy::panic
+)]
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::TcpListener;

@@ -216,6 +216,7 @@ impl fmt::Debug for Frame<'_> {
     }
 }
 
+#[allow(clippy::expect_used)] // an invariant, stated in the message
 fn array_len(bytes: &[u8]) -> u32 {
     u32::try_from(bytes.len()).expect("relay arrays are at most 16 KiB, far below u32::MAX")
 }

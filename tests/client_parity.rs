@@ -2,6 +2,12 @@
 //! project and zone from a fake gcloud configuration folder, the on-disk token cache against a
 //! local OAuth token endpoint, a real HTTP proxy (Debian's tinyproxy), mutual TLS with
 //! `iap-relay`, and `--print-ssh-config`.
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::indexing_slicing,
+    clippy::panic
+)]
 
 mod common;
 

@@ -1,6 +1,12 @@
 //! Every close code a relay can send reaches the user as its message and exit status. A
 //! scripted relay (plain `ws://` on loopback, which iap-ssh allows only there) closes with a
 //! chosen code before or after the session id; the real `iap-ssh` binary runs against it.
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::indexing_slicing,
+    clippy::panic
+)]
 
 mod common;
 

@@ -6,6 +6,12 @@
 //! session (checked in the nodes' audit logs), a killed node's clients must end with a clear
 //! error in bounded time while the others carry on, and a draining node must take no new
 //! sessions, keep serving its live ones (resumes included) and exit when they are done.
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::indexing_slicing,
+    clippy::panic
+)]
 
 mod common;
 mod fault;

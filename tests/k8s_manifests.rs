@@ -3,6 +3,12 @@
 //! the node ids, a headless Service that keeps draining pods resolvable, probes on /healthz
 //! that do not kill a draining pod), carry a relay.toml that `iap-relay --check-config`
 //! accepts, and embed exactly the HAProxy configuration that `tests/fleet.rs` runs.
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::indexing_slicing,
+    clippy::panic
+)]
 
 mod common;
 

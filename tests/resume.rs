@@ -2,6 +2,12 @@
 //! resets, half-closes and black-holes connections mid-transfer, the relay forces
 //! re-authentication with 4004, and another principal tries to take a live session. Every
 //! transfer must come out byte-identical.
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::indexing_slicing,
+    clippy::panic
+)]
 
 mod common;
 mod fault;

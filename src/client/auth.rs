@@ -53,6 +53,7 @@ impl Token {
     }
 
     /// The `Authorization` header value, marked sensitive so HTTP libraries do not log it.
+    #[allow(clippy::expect_used)] // an invariant, stated in the message
     pub fn authorization(&self) -> HeaderValue {
         let mut value = HeaderValue::from_str(&format!("Bearer {}", self.0))
             .expect("Token::new admits only visible ASCII, which is always a valid header value");

@@ -49,14 +49,20 @@ async fn answer(
     let mut buf = [0u8; 2048];
     let mut len = 0;
     // Read until the end of the request head (or a full buffer: the path is all we need).
-    while len < buf.len() && !buf[..len].windows(4).any(|w| w == b"\r\n\r\n") {
-        let n = stream.read(&mut buf[len..]).await?;
+    while len < buf.len()
+        && !buf
+            .get(..len)
+            .unwrap_or_default()
+            .windows(4)
+            .any(|w| w == b"\r\n\r\n")
+    {
+        let n = stream.read(buf.get_mut(len..).unwrap_or_default()).await?;
         if n == 0 {
             break;
         }
         len += n;
     }
-    let head = String::from_utf8_lossy(&buf[..len]);
+    let head = String::from_utf8_lossy(buf.get(..len).unwrap_or_default());
     let mut words = head.split_whitespace();
     let (method, path) = (words.next().unwrap_or(""), words.next().unwrap_or(""));
     let (status, body) = match (method, path) {

@@ -535,6 +535,7 @@ async fn close_with<S: AsyncRead + AsyncWrite + Unpin>(ws: &mut WebSocketStream<
 fn new_session_id(node_id: Option<&str>) -> String {
     let mut bytes = [0u8; 18];
     // SystemRandom only fails when the OS has no entropy source at all.
+    #[allow(clippy::expect_used)]
     ring::rand::SecureRandom::fill(&ring::rand::SystemRandom::new(), &mut bytes)
         .expect("the operating system's random source is available");
     let random: String = bytes.iter().map(|b| format!("{b:02x}")).collect();

@@ -52,7 +52,7 @@ impl MessageBuffer {
             self.block = BytesMut::with_capacity(BLOCK_SIZE);
         }
         self.block.resize(DATA_HEADER_LEN + MAX_ARRAY_LEN, 0);
-        &mut self.block[DATA_HEADER_LEN..]
+        self.block.get_mut(DATA_HEADER_LEN..).unwrap_or_default()
     }
 
     /// A buffer holding only the header room, with capacity for a full payload, for reads
@@ -72,7 +72,9 @@ impl MessageBuffer {
         self.block.truncate(DATA_HEADER_LEN + n);
         let mut header = [0u8; DATA_HEADER_LEN];
         frame::write_data_header(&mut header, n);
-        self.block[..DATA_HEADER_LEN].copy_from_slice(&header);
+        if let Some(room) = self.block.get_mut(..DATA_HEADER_LEN) {
+            room.copy_from_slice(&header);
+        }
         self.block.split().freeze()
     }
 }

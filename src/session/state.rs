@@ -213,7 +213,11 @@ impl SessionState {
         if let Some(first) = resend.first_mut()
             && self.front_acked > 0
         {
-            *first = data_message(&first[DATA_HEADER_LEN + self.front_acked..]);
+            *first = data_message(
+                first
+                    .get(DATA_HEADER_LEN + self.front_acked..)
+                    .unwrap_or_default(),
+            );
         }
         Ok(resend)
     }
