@@ -125,6 +125,7 @@ members = ["user:bench@example.com"]
 resource = "projects/$PROJECT"
 [limits]
 max_connections = 25000
+max_connections_per_principal = 25000
 EOF
 
 # start_relay BIN NAME [WRAPPER...]: starts iap-relay, sets RELAY_PID and RELAY_URL.
