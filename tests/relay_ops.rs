@@ -228,3 +228,71 @@ fn forwarded_for_is_believed_only_from_trusted_proxies() {
         );
     }
 }
+
+/// `idle_timeout_secs` closes a tunnel that carries nothing with 1008, and
+/// `max_session_secs` ends even a busy one; iap-ssh reports each in one line.
+#[test]
+fn idle_timeout_and_maximum_session_length() {
+    let backend = echo_backend();
+    for (limits, want) in [
+        ("idle_timeout_secs = 1", "idle timeout"),
+        ("max_session_secs = 2", "1008"),
+    ] {
+        let mut spec = RelaySpec::standard("user:alice@example.com", TOKEN);
+        spec.extra_toml = format!("[limits]\n{limits}\n");
+        let relay = spawn_relay(&spec);
+        let dir = tempfile::tempdir().unwrap();
+        let token_file = write_token_file(dir.path(), TOKEN);
+        let mut child = std::process::Command::new(iap_ssh_bin())
+            .arg("--endpoint")
+            .arg(&relay.url)
+            .arg("--ca-file")
+            .arg(relay.ca_pem())
+            .arg("--access-token-file")
+            .arg(&token_file)
+            .args([dotted_host(), backend.to_string()])
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        let mut stdin = child.stdin.take().unwrap();
+        // For the session-length case keep the tunnel busy so only the limit can end it.
+        let busy = limits.starts_with("max");
+        // stdin stays open (as ssh keeps it) until the tunnel has ended.
+        let (ended, wait_end) = std::sync::mpsc::channel::<()>();
+        let writer = thread::spawn(move || {
+            for _ in 0..100 {
+                if !busy || stdin.write_all(b"keepalive\n").is_err() {
+                    break;
+                }
+                thread::sleep(Duration::from_millis(100));
+            }
+            let _ = wait_end.recv_timeout(Duration::from_secs(20));
+            drop(stdin);
+        });
+        let started = Instant::now();
+        let out = loop {
+            if child.try_wait().unwrap().is_some() {
+                break child.wait_with_output().unwrap();
+            }
+            assert!(
+                started.elapsed() < Duration::from_secs(15),
+                "{limits}: the tunnel was not ended"
+            );
+            thread::sleep(Duration::from_millis(50));
+        };
+        drop(ended);
+        let _ = writer.join();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(1), "{limits}: {stderr}");
+        assert!(stderr.contains(want), "{limits}: {stderr}");
+        let log = relay.log();
+        let reason = if busy {
+            "maximum session length"
+        } else {
+            "idle timeout"
+        };
+        assert!(log.contains(reason), "{limits}: {log}");
+    }
+}

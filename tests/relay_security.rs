@@ -762,3 +762,101 @@ fn wait_for_log(relay: &Relay, text: &str, count: usize) {
         thread::sleep(Duration::from_millis(20));
     }
 }
+
+/// A JWKS served at a URL: fetched at start-up, refetched once when a token names an unknown
+/// `kid` (key rotation), and not refetched again for every garbage `kid` that follows.
+#[test]
+fn jwks_url_rotation() {
+    let first = signer("k1");
+    let second = signer("k2");
+    let third = signer("k3");
+    let keys_of = |s: &idp::Signer| -> serde_json::Value {
+        serde_json::from_str::<serde_json::Value>(&s.jwks).unwrap()["keys"][0].clone()
+    };
+    let served = Arc::new(std::sync::Mutex::new(
+        serde_json::json!({"keys": [keys_of(&first)]}).to_string(),
+    ));
+    let fetches = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let url = format!("http://{}/jwks.json", listener.local_addr().unwrap());
+    {
+        let (served, fetches) = (served.clone(), fetches.clone());
+        thread::spawn(move || {
+            for conn in listener.incoming().flatten() {
+                let mut conn = conn;
+                let mut buf = [0u8; 2048];
+                let _ = conn.read(&mut buf);
+                fetches.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                let body = served.lock().unwrap().clone();
+                let _ = std::io::Write::write_all(
+                    &mut conn,
+                    format!("HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}", body.len()).as_bytes(),
+                );
+            }
+        });
+    }
+    let spec = RelaySpec {
+        instances: vec![(
+            PROJECT.into(),
+            ZONE.into(),
+            INSTANCE.into(),
+            "127.0.0.1".into(),
+        )],
+        bindings: vec![(
+            vec!["user:dev@example.com".into()],
+            format!("projects/{PROJECT}"),
+            None,
+        )],
+        extra_toml: format!(
+            "[[jwt]]\nissuer = \"{ISSUER}\"\naudience = \"{AUDIENCE}\"\njwks_url = \"{url}\"\n"
+        ),
+        ..RelaySpec::default()
+    };
+    let relay = spawn_relay(&spec);
+    assert_eq!(
+        fetches.load(std::sync::atomic::Ordering::SeqCst),
+        1,
+        "fetched at start-up"
+    );
+    let echo = TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = echo.local_addr().unwrap().port();
+    thread::spawn(move || for _s in echo.incoming() {});
+    let t = now();
+    let token = |s: &idp::Signer, kid: &str| {
+        jwt(
+            s,
+            kid,
+            claims("dev@example.com", ISSUER, AUDIENCE, t + 600, t - 10),
+        )
+    };
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(async {
+        assert_eq!(
+            attempt(&relay, &token(&first, "k1"), &vm_query(port)).await,
+            Outcome::Open
+        );
+        // The issuer rotates to k2: the first k2 token triggers one refetch and is accepted.
+        *served.lock().unwrap() =
+            serde_json::json!({"keys": [keys_of(&first), keys_of(&second)]}).to_string();
+        assert_eq!(
+            attempt(&relay, &token(&second, "k2"), &vm_query(port)).await,
+            Outcome::Open
+        );
+        assert_eq!(fetches.load(std::sync::atomic::Ordering::SeqCst), 2);
+        // Unknown kids right after are refused without hammering the issuer.
+        for _ in 0..5 {
+            assert!(matches!(
+                attempt(&relay, &token(&third, "k3"), &vm_query(port)).await,
+                Outcome::Http(ExitKind::Authentication, _)
+            ));
+        }
+        assert_eq!(
+            fetches.load(std::sync::atomic::Ordering::SeqCst),
+            2,
+            "refetches are rate-limited"
+        );
+    });
+}

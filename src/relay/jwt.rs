@@ -63,7 +63,8 @@ struct Keys {
     by_kid: HashMap<String, DecodingKey>,
     /// Keys without a `kid`, tried only for tokens without one.
     anonymous: Vec<DecodingKey>,
-    fetched: Instant,
+    /// When an unknown `kid` last caused a refetch.
+    refetched: Option<Instant>,
 }
 
 struct Issuer {
@@ -131,7 +132,7 @@ fn keys_from(set: &JwkSet) -> anyhow::Result<Keys> {
     Ok(Keys {
         by_kid,
         anonymous,
-        fetched: Instant::now(),
+        refetched: None,
     })
 }
 
@@ -259,11 +260,18 @@ impl JwtVerifier {
             return Err(AuthError::UnknownKey);
         };
         let mut keys = issuer.keys.write().await;
-        if keys.fetched.elapsed() >= JWKS_REFRESH_MIN
-            && let Ok(set) = fetch_jwks(http, url).await
-            && let Ok(fresh) = keys_from(&set)
-        {
-            *keys = fresh;
+        if let Some(key) = lookup(&keys) {
+            // Another request refetched while this one waited for the lock.
+            return Ok(key);
+        }
+        if keys.refetched.is_none_or(|t| t.elapsed() >= JWKS_REFRESH_MIN) {
+            keys.refetched = Some(Instant::now());
+            if let Ok(set) = fetch_jwks(http, url).await
+                && let Ok(mut fresh) = keys_from(&set)
+            {
+                fresh.refetched = keys.refetched;
+                *keys = fresh;
+            }
         }
         lookup(&keys).ok_or(AuthError::UnknownKey)
     }
