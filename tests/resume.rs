@@ -137,6 +137,31 @@ fn chaos(
     hits
 }
 
+/// Prints the client's resume latencies (its `tunnel resumed … after_ms=N` lines, -v).
+fn report_resume_latency(what: &str, stderr: &str) {
+    let mut ms: Vec<u64> = stderr
+        .lines()
+        .filter(|l| l.contains("tunnel resumed"))
+        .filter_map(|l| {
+            l.split("after_ms=")
+                .nth(1)?
+                .split_whitespace()
+                .next()?
+                .parse()
+                .ok()
+        })
+        .collect();
+    ms.sort_unstable();
+    assert!(!ms.is_empty(), "no resume was logged:\n{stderr}");
+    eprintln!(
+        "{what}: {} resumes, latency min {} ms, median {} ms, max {} ms",
+        ms.len(),
+        ms[0],
+        ms[ms.len() / 2],
+        ms[ms.len() - 1]
+    );
+}
+
 fn wait_child(child: &mut std::process::Child) -> std::process::ExitStatus {
     let started = Instant::now();
     loop {
@@ -197,6 +222,7 @@ fn upload_256_mib_survives_10_resets() {
             "exit {status:?}: {stderr}\nrelay:\n{}",
             rig.relay.log()
         );
+        report_resume_latency("upload", &stderr);
         hits
     });
     writer.join().unwrap();
@@ -246,6 +272,7 @@ fn download_256_mib_survives_10_resets() {
             "exit {status:?}: {stderr}\nrelay:\n{}",
             rig.relay.log()
         );
+        report_resume_latency("download", &stderr);
         c.join().unwrap()
     });
     backend.join().unwrap();
