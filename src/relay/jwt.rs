@@ -264,7 +264,10 @@ impl JwtVerifier {
             // Another request refetched while this one waited for the lock.
             return Ok(key);
         }
-        if keys.refetched.is_none_or(|t| t.elapsed() >= JWKS_REFRESH_MIN) {
+        if keys
+            .refetched
+            .is_none_or(|t| t.elapsed() >= JWKS_REFRESH_MIN)
+        {
             keys.refetched = Some(Instant::now());
             if let Ok(set) = fetch_jwks(http, url).await
                 && let Ok(mut fresh) = keys_from(&set)
