@@ -296,3 +296,48 @@ fn idle_timeout_and_maximum_session_length() {
         assert!(log.contains(reason), "{limits}: {log}");
     }
 }
+
+/// SIGHUP also reloads the certificate: new connections get the new one.
+#[test]
+fn sighup_reloads_the_certificate() {
+    let relay = spawn_relay(&RelaySpec::standard("user:alice@example.com", TOKEN));
+    let backend = echo_backend();
+    let old_ca = relay.ca_pem().to_owned();
+    let fresh = test_pki();
+    let dir = relay.config_path.parent().unwrap();
+    std::fs::copy(&fresh.cert_pem, dir.join("relay-cert.pem")).unwrap();
+    std::fs::copy(&fresh.key_pem, dir.join("relay-key.pem")).unwrap();
+    let pid = rustix::process::Pid::from_raw(relay.pid() as i32).unwrap();
+    rustix::process::kill_process(pid, rustix::process::Signal::HUP).unwrap();
+    let started = Instant::now();
+    while !relay.log().contains("configuration reloaded") {
+        assert!(
+            started.elapsed() < Duration::from_secs(10),
+            "{}",
+            relay.log()
+        );
+        thread::sleep(Duration::from_millis(20));
+    }
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(async {
+        let dial = |ca: std::path::PathBuf| Dialer {
+            endpoint: Endpoint::parse(&relay.url).unwrap(),
+            tls: tls_config(Some(&ca)).unwrap(),
+            user_agent: "ops-test".into(),
+        };
+        let token = Token::new(TOKEN).unwrap();
+        let mut ws = dial(fresh.ca_pem.clone())
+            .open("connect", &query(backend), &token)
+            .await
+            .expect("the new certificate is served");
+        assert!(matches!(ws.next().await, Some(Ok(Message::Binary(_)))));
+        // The test machine's own roots do not include either test CA, so only the old CA is trusted here.
+        match dial(old_ca).open("connect", &query(backend), &token).await {
+            Err(e) => assert!(e.message.contains("TLS handshake"), "{}", e.message),
+            Ok(_) => panic!("the old certificate is still served"),
+        }
+    });
+}
