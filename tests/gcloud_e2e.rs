@@ -383,3 +383,38 @@ fn harness_token_endpoint_and_service_account_key() {
             .starts_with("-----BEGIN PRIVATE KEY-----")
     );
 }
+
+/// Application Default Credentials: no credential flag, the key named by
+/// GOOGLE_APPLICATION_CREDENTIALS (gcp_auth's first ADC source), as on a developer machine.
+#[test]
+fn application_default_credentials_from_the_environment() {
+    let Some(s) = sa_setup() else { return };
+    let key = s.key_dir.join(
+        std::fs::read_dir(&s.key_dir)
+            .unwrap()
+            .filter_map(Result::ok)
+            .map(|e| e.file_name())
+            .find(|n| n.to_string_lossy().ends_with(".json"))
+            .expect("the key file"),
+    );
+    let pc = format!(
+        "{} --endpoint {} --ca-file {} %h %p",
+        proxy_quote_path(&iap_ssh_bin()),
+        proxy_quote(&s.relay.url),
+        proxy_quote_path(s.relay.ca_pem()),
+    );
+    let mut cmd = ssh_command("ssh", &s.sshd);
+    cmd.env("GOOGLE_APPLICATION_CREDENTIALS", &key)
+        .args(ssh_base_args(&s.sshd, &pc))
+        .arg(dotted_host())
+        .arg("echo via-adc");
+    let out = run_with_timeout(&mut cmd, COMMAND_TIMEOUT);
+    assert!(
+        out.status.success(),
+        "{}\n{}",
+        describe(&out),
+        s.relay.log()
+    );
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "via-adc\n");
+    assert!(s.endpoint.requests() >= 1);
+}
