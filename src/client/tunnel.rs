@@ -104,7 +104,7 @@ impl TunnelConfig {
 
     /// Opens `/v4/<path>` with a fresh token and reads the relay's first message.
     async fn open(&self, path: &str, query: &str) -> Result<(RelaySocket, Opened), Failure> {
-        self.try_open(path, query)
+        self.try_open(path, query, FIRST_FRAME_TIMEOUT)
             .await
             .map_err(|(failure, _)| failure)
     }
@@ -115,6 +115,7 @@ impl TunnelConfig {
         &self,
         path: &str,
         query: &str,
+        first_frame_wait: Duration,
     ) -> Result<(RelaySocket, Opened), (Failure, Retry)> {
         let token = self.credentials.token().await.map_err(|e| {
             let failure = Failure {
@@ -139,7 +140,7 @@ impl TunnelConfig {
         })?;
         // WebSocket pings and pongs may come at any time (tungstenite answers pings itself), so
         // they are skipped; the deadline covers them too, so a ping flood cannot stall us.
-        let deadline = tokio::time::Instant::now() + FIRST_FRAME_TIMEOUT;
+        let deadline = tokio::time::Instant::now() + first_frame_wait;
         let first = async {
             loop {
                 match ws.next().await {
@@ -155,7 +156,7 @@ impl TunnelConfig {
                     "the relay at {} did not confirm the tunnel to {} within {}s",
                     self.dialer.endpoint.authority(),
                     self.target.describe(self.port),
-                    FIRST_FRAME_TIMEOUT.as_secs()
+                    first_frame_wait.as_secs()
                 ));
                 (failure, Retry::Yes)
             })?;
@@ -240,7 +241,8 @@ impl TunnelConfig {
             attempts += 1;
             let query = self.target.reconnect_query(sid, session.state.received());
             let attempt = tokio::select! {
-                opened = self.try_open("reconnect", &query) => opened,
+                // A resume attempt never waits past the budget for the relay's answer.
+                opened = self.try_open("reconnect", &query, FIRST_FRAME_TIMEOUT.min(self.resume.budget.saturating_sub(started.elapsed()).max(Duration::from_secs(1)))) => opened,
                 () = cancel.cancelled() => return Err(Failure::other("interrupted while resuming the tunnel".to_owned())),
             };
             match attempt {
