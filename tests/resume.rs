@@ -137,6 +137,59 @@ fn chaos(
     hits
 }
 
+/// A backend that sends `len` pattern bytes (seed `seed`, paced by `pace`) to its one client
+/// and half-closes. Returns its port and its thread.
+fn source_backend(len: u64, seed: u64, pace: Option<Duration>) -> (u16, thread::JoinHandle<()>) {
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let thread = thread::spawn(move || {
+        let (mut s, _) = listener.accept().unwrap();
+        write_counted(&mut s, len, seed, &AtomicU64::new(0), pace).unwrap();
+        s.shutdown(Shutdown::Write).unwrap();
+    });
+    (port, thread)
+}
+
+/// iap-ssh downloading from `port`: stdin held open for the whole session (as ssh keeps it),
+/// stdout hashed while `progress` counts the bytes.
+struct Download {
+    child: std::process::Child,
+    err: thread::JoinHandle<String>,
+    reader: thread::JoinHandle<(u64, String)>,
+    _stdin: Option<std::process::ChildStdin>,
+}
+
+fn start_download(rig: &Rig, port: u16, progress: Arc<AtomicU64>) -> Download {
+    let mut child = iap_ssh(rig, port)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let err = stderr_of(&mut child);
+    let _stdin = child.stdin.take();
+    let mut stdout = child.stdout.take().unwrap();
+    let reader = thread::spawn(move || read_counted(&mut stdout, &progress));
+    Download {
+        child,
+        err,
+        reader,
+        _stdin,
+    }
+}
+
+impl Download {
+    /// Waits for iap-ssh; returns (exit status, stderr, (bytes, SHA-256) of stdout).
+    fn finish(mut self) -> (std::process::ExitStatus, String, (u64, String)) {
+        let status = wait_child(&mut self.child);
+        (
+            status,
+            self.err.join().unwrap(),
+            self.reader.join().unwrap(),
+        )
+    }
+}
+
 /// Prints the client's resume latencies (its `tunnel resumed … after_ms=N` lines, -v).
 fn report_resume_latency(what: &str, stderr: &str) {
     let mut ms: Vec<u64> = stderr
@@ -241,42 +294,25 @@ fn upload_256_mib_survives_10_resets() {
 fn download_256_mib_survives_10_resets() {
     let len: u64 = 256 << 20;
     let rig = rig(RelaySpec::standard(PRINCIPAL, TOKEN));
-    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
-    let port = listener.local_addr().unwrap().port();
-    let backend = thread::spawn(move || {
-        let (mut s, _) = listener.accept().unwrap();
-        write_counted(&mut s, len, 33, &AtomicU64::new(0), None).unwrap();
-        s.shutdown(Shutdown::Write).unwrap();
-    });
-    let mut child = iap_ssh(&rig, port)
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let err = stderr_of(&mut child);
-    let _stdin = child.stdin.take(); // open for the whole session, as ssh keeps it
-    let mut stdout = child.stdout.take().unwrap();
+    let (port, backend) = source_backend(len, 33, None);
     let got = Arc::new(AtomicU64::new(0));
-    let g = got.clone();
-    let reader = thread::spawn(move || read_counted(&mut stdout, &g));
+    let download = start_download(&rig, port, got.clone());
     let (done_tx, done_rx) = mpsc::channel();
-    let hits = thread::scope(|s| {
+    let (hits, (status, stderr, received)) = thread::scope(|s| {
         let (proxy, got) = (&rig.proxy, &got);
         let c = s.spawn(move || chaos(proxy, got, len, 10, &done_rx));
-        let status = wait_child(&mut child);
+        let finished = download.finish();
         let _ = done_tx.send(());
-        let stderr = err.join().unwrap();
-        assert!(
-            status.success(),
-            "exit {status:?}: {stderr}\nrelay:\n{}",
-            rig.relay.log()
-        );
-        report_resume_latency("download", &stderr);
-        c.join().unwrap()
+        (c.join().unwrap(), finished)
     });
+    assert!(
+        status.success(),
+        "exit {status:?}: {stderr}\nrelay:\n{}",
+        rig.relay.log()
+    );
+    report_resume_latency("download", &stderr);
     backend.join().unwrap();
-    assert_eq!(reader.join().unwrap(), (len, expected_hash(len, 33)));
+    assert_eq!(received, (len, expected_hash(len, 33)));
     assert_eq!(hits, 10, "every reset hit a live connection");
 }
 
@@ -344,36 +380,12 @@ fn forced_reauthentication_mid_transfer() {
     spec.extra_toml = "[limits]\nreauthenticate_after_secs = 1\n".into();
     let rig = rig(spec);
     let len: u64 = 24 << 20;
-    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
-    let port = listener.local_addr().unwrap().port();
-    let backend = thread::spawn(move || {
-        let (mut s, _) = listener.accept().unwrap();
-        // 64 KiB every 10 ms: about 4 s, so several re-authentications fall inside.
-        write_counted(
-            &mut s,
-            len,
-            5,
-            &AtomicU64::new(0),
-            Some(Duration::from_millis(10)),
-        )
-        .unwrap();
-        s.shutdown(Shutdown::Write).unwrap();
-    });
-    let mut child = iap_ssh(&rig, port)
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let err = stderr_of(&mut child);
-    let _stdin = child.stdin.take();
-    let mut stdout = child.stdout.take().unwrap();
-    let reader = thread::spawn(move || read_counted(&mut stdout, &AtomicU64::new(0)));
-    let status = wait_child(&mut child);
-    let stderr = err.join().unwrap();
+    // 64 KiB every 10 ms: about 4 s, so several re-authentications fall inside.
+    let (port, backend) = source_backend(len, 5, Some(Duration::from_millis(10)));
+    let (status, stderr, received) = start_download(&rig, port, Arc::default()).finish();
     assert!(status.success(), "{stderr}");
     backend.join().unwrap();
-    assert_eq!(reader.join().unwrap(), (len, expected_hash(len, 5)));
+    assert_eq!(received, (len, expected_hash(len, 5)));
     let log = rig.relay.log();
     let reauths = log.matches("code: 4004").count();
     assert!(reauths >= 2, "expected several 4004 closes:\n{log}");
@@ -388,30 +400,8 @@ fn hijack_attempt_is_refused_and_owner_unaffected() {
         .with_token("user:mallory@example.com", "mallory-token");
     let rig = rig(spec);
     let len: u64 = 8 << 20;
-    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
-    let port = listener.local_addr().unwrap().port();
-    let backend = thread::spawn(move || {
-        let (mut s, _) = listener.accept().unwrap();
-        write_counted(
-            &mut s,
-            len,
-            9,
-            &AtomicU64::new(0),
-            Some(Duration::from_millis(10)),
-        )
-        .unwrap();
-        s.shutdown(Shutdown::Write).unwrap();
-    });
-    let mut child = iap_ssh(&rig, port)
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let err = stderr_of(&mut child);
-    let _stdin = child.stdin.take();
-    let mut stdout = child.stdout.take().unwrap();
-    let reader = thread::spawn(move || read_counted(&mut stdout, &AtomicU64::new(0)));
+    let (port, backend) = source_backend(len, 9, Some(Duration::from_millis(10)));
+    let download = start_download(&rig, port, Arc::default());
 
     // The session id, from the relay's connect line.
     let started = Instant::now();
@@ -461,11 +451,10 @@ fn hijack_attempt_is_refused_and_owner_unaffected() {
     assert_eq!(refused("mallory-token", &sid), 4033);
     assert_eq!(refused("mallory-token", "no-such-session"), 4001);
 
-    let status = wait_child(&mut child);
-    let stderr = err.join().unwrap();
+    let (status, stderr, received) = download.finish();
     assert!(status.success(), "{stderr}");
     backend.join().unwrap();
-    assert_eq!(reader.join().unwrap(), (len, expected_hash(len, 9)));
+    assert_eq!(received, (len, expected_hash(len, 9)));
     let log = rig.relay.log();
     assert!(log.contains("reconnect refused"), "{log}");
     assert!(
