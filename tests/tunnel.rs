@@ -80,11 +80,19 @@ struct Run {
     stderr: String,
 }
 
-/// Runs iap-ssh feeding `upload` bytes of pattern `seed` to stdin, then closing stdin, or with
-/// `keep_open` keeping it open until iap-ssh exits (ssh keeps a ProxyCommand's stdin open for
-/// the whole session).
-fn run_client(mut cmd: Command, upload: u64, seed: u64, keep_open: bool) -> Run {
-    let (exited, close_stdin) = mpsc::channel::<()>();
+/// When the test closes iap-ssh's stdin.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Stdin {
+    /// As soon as the upload is written.
+    AfterWrite,
+    /// Only when iap-ssh has exited (ssh keeps a ProxyCommand's stdin open all session).
+    AtExit,
+    /// Once the whole upload has come back on stdout (an echo), as ssh would.
+    WhenEchoed,
+}
+
+/// Runs iap-ssh feeding `upload` pattern bytes (seed `seed`) to stdin and hashing stdout.
+fn run_client(mut cmd: Command, upload: u64, seed: u64, close: Stdin) -> Run {
     let mut child = cmd
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
@@ -94,14 +102,34 @@ fn run_client(mut cmd: Command, upload: u64, seed: u64, keep_open: bool) -> Run 
     let mut stdin = child.stdin.take().unwrap();
     let mut stdout = child.stdout.take().unwrap();
     let mut stderr = child.stderr.take().unwrap();
+    // The writer waits on this channel: the reader signals a complete echo, and dropping
+    // every sender (the reader done, iap-ssh exited) releases it too.
+    let (release, wait_release) = mpsc::channel::<()>();
+    let echoed = release.clone();
     let writer = thread::spawn(move || {
         let _ = send_pattern(&mut stdin, upload, seed);
-        if keep_open {
-            let _ = close_stdin.recv_timeout(DEADLINE);
+        if close != Stdin::AfterWrite {
+            let _ = wait_release.recv_timeout(DEADLINE);
         }
         drop(stdin);
     });
-    let reader = thread::spawn(move || hash_all(&mut stdout).unwrap());
+    let reader = thread::spawn(move || {
+        let mut hash = Context::new(&SHA256);
+        let mut buf = vec![0u8; 64 * 1024];
+        let mut total = 0u64;
+        loop {
+            let n = stdout.read(&mut buf).unwrap();
+            if n == 0 {
+                break;
+            }
+            hash.update(&buf[..n]);
+            total += n as u64;
+            if close == Stdin::WhenEchoed && total == upload {
+                let _ = echoed.send(());
+            }
+        }
+        (total, hex(hash.finish().as_ref()))
+    });
     let err_reader = thread::spawn(move || {
         let mut s = String::new();
         let _ = stderr.read_to_string(&mut s);
@@ -119,7 +147,7 @@ fn run_client(mut cmd: Command, upload: u64, seed: u64, keep_open: bool) -> Run 
         }
         thread::sleep(Duration::from_millis(20));
     };
-    drop(exited);
+    drop(release);
     let stdout = reader.join().unwrap();
     writer.join().unwrap();
     Run {
@@ -133,7 +161,7 @@ fn run_client(mut cmd: Command, upload: u64, seed: u64, keep_open: bool) -> Run 
 fn upload(len: u64) {
     let s = setup();
     let (port, got) = backend(|mut stream| hash_all(&mut stream).unwrap());
-    let run = run_client(iap_ssh(&s, &dotted_host(), port), len, 7, false);
+    let run = run_client(iap_ssh(&s, &dotted_host(), port), len, 7, Stdin::AfterWrite);
     assert!(
         run.status.success(),
         "exit {:?}: {}",
@@ -159,7 +187,7 @@ fn download(len: u64) {
         let _ = stream.shutdown(Shutdown::Write);
         hash
     });
-    let run = run_client(iap_ssh(&s, &dotted_host(), port), 0, 0, true);
+    let run = run_client(iap_ssh(&s, &dotted_host(), port), 0, 0, Stdin::AtExit);
     assert!(
         run.status.success(),
         "exit {:?}: {}",
@@ -217,8 +245,7 @@ fn echo_both_directions_at_once() {
         let mut copy = stream.try_clone().unwrap();
         std::io::copy(&mut stream, &mut copy)
     });
-    let mut cmd = iap_ssh(&s, &dotted_host(), port);
-    let run = run_client_echo(&mut cmd, len);
+    let run = run_client(iap_ssh(&s, &dotted_host(), port), len, 3, Stdin::WhenEchoed);
     assert!(
         run.status.success(),
         "exit {:?}: {}",
@@ -226,66 +253,6 @@ fn echo_both_directions_at_once() {
         run.stderr
     );
     assert_eq!(run.stdout, (len, expected_hash(len, 3)));
-}
-
-/// Like [`run_client`], but closes stdin once `len` bytes have come back, as ssh would.
-fn run_client_echo(cmd: &mut Command, len: u64) -> Run {
-    let mut child = cmd
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut stdin = child.stdin.take().unwrap();
-    let mut stdout = child.stdout.take().unwrap();
-    let mut stderr = child.stderr.take().unwrap();
-    let (all_back, wait_all_back) = mpsc::channel();
-    let writer = thread::spawn(move || {
-        let _ = send_pattern(&mut stdin, len, 3);
-        let _ = wait_all_back.recv_timeout(DEADLINE);
-        drop(stdin);
-    });
-    let reader = thread::spawn(move || {
-        let mut hash = Context::new(&SHA256);
-        let mut buf = vec![0u8; 64 * 1024];
-        let mut total = 0u64;
-        loop {
-            let n = stdout.read(&mut buf).unwrap();
-            if n == 0 {
-                break;
-            }
-            hash.update(&buf[..n]);
-            total += n as u64;
-            if total == len {
-                let _ = all_back.send(());
-            }
-        }
-        (total, hex(hash.finish().as_ref()))
-    });
-    let err_reader = thread::spawn(move || {
-        let mut s = String::new();
-        let _ = stderr.read_to_string(&mut s);
-        s
-    });
-    let started = Instant::now();
-    let status = loop {
-        if let Some(status) = child.try_wait().unwrap() {
-            break status;
-        }
-        if started.elapsed() > DEADLINE {
-            let _ = child.kill();
-            let _ = child.wait();
-            panic!("iap-ssh did not finish within {DEADLINE:?}");
-        }
-        thread::sleep(Duration::from_millis(20));
-    };
-    let stdout = reader.join().unwrap();
-    writer.join().unwrap();
-    Run {
-        status,
-        stdout,
-        stderr: err_reader.join().unwrap(),
-    }
 }
 
 /// stdin EOF right away: the bytes already sent still reach the backend, and iap-ssh exits 0
