@@ -598,7 +598,7 @@ fn limits_per_principal_and_handshake_timeout() {
     assert_eq!(n, 0, "expected the relay to close");
     let waited = started.elapsed();
     assert!(
-        waited >= Duration::from_millis(900) && waited < Duration::from_secs(5),
+        waited >= Duration::from_millis(900) && waited < Duration::from_secs(10),
         "dropped after {waited:?}"
     );
     wait_for_log(&s.relay, "handshake timed out", 1);
