@@ -529,7 +529,7 @@ forked workers) per GiB carried. Peak RSS is GNU time's maximum resident set siz
 
 $(table "$N1" "$N2")
 
-## Targets (issue 6)
+## Targets
 
 $(targets)
 EOF
