@@ -3,7 +3,6 @@
 //! token sent to a token-info endpoint never crosses a network in clear text.
 
 use std::path::Path;
-use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{Context, anyhow, bail};
@@ -118,6 +117,3 @@ fn describe(e: &hyper_util::client::legacy::Error) -> String {
     }
     text
 }
-
-/// Shared handle.
-pub type SharedHttp = Arc<HttpClient>;

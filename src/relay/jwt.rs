@@ -6,7 +6,7 @@
 use std::collections::HashMap;
 use std::path::PathBuf;
 use std::sync::Arc;
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant, UNIX_EPOCH};
 
 use anyhow::{Context, bail};
 use base64::Engine;
@@ -306,12 +306,4 @@ pub fn principal_for(name: &str) -> String {
     } else {
         format!("user:{name}")
     }
-}
-
-/// Seconds since the epoch, for tests and logs.
-pub fn unix_now() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_secs())
-        .unwrap_or(0)
 }

@@ -241,21 +241,6 @@ pub fn decide(policy: &Policy, req: &Request<'_>) -> Decision {
     }
 }
 
-/// [`decide`] without a certificate, destination group or clock concerns (tests, tools).
-pub fn decide_simple(policy: &Policy, principal: &str, target: &Target, port: u16) -> Decision {
-    decide(
-        policy,
-        &Request {
-            principal,
-            target,
-            port,
-            group: None,
-            client_cert: false,
-            now: SystemTime::now(),
-        },
-    )
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -292,7 +277,15 @@ mod tests {
     }
 
     fn ask(policy: &Policy, principal: &str, target: &Target, port: u16) -> Decision {
-        decide_simple(policy, principal, target, port)
+        let req = Request {
+            principal,
+            target,
+            port,
+            group: None,
+            client_cert: false,
+            now: SystemTime::now(),
+        };
+        decide(policy, &req)
     }
 
     fn expect(got: Decision, expected: Result<&str, &str>, what: &str) {

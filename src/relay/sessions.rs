@@ -153,11 +153,6 @@ impl Registry {
         (attached, parked)
     }
 
-    /// The grant of a live session.
-    pub fn grant(&self, sid: &str) -> Option<Arc<Grant>> {
-        self.lock().get(sid).map(|e| e.grant.clone())
-    }
-
     /// Parks a session whose WebSocket was lost. Returns the generation to pass to
     /// [`expire`](Self::expire) when the resume window ends, or `None` when the session was
     /// revoked meanwhile (it is dropped).

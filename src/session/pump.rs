@@ -135,11 +135,6 @@ impl Detach {
             .compare_exchange(0, code, Ordering::SeqCst, Ordering::SeqCst);
         self.token.cancel();
     }
-
-    /// Whether a detach was requested.
-    pub fn is_requested(&self) -> bool {
-        self.token.is_cancelled()
-    }
 }
 
 /// Dead-path detection for a client: a relay that stops answering is noticed in bounded
