@@ -35,16 +35,22 @@ fn proxy_command_via(proxy: &FaultProxy, relay: &Relay, token_file: &Path) -> St
     )
 }
 
-#[test]
-fn scp_128_mib_survives_5_resets() {
-    if !require_openssh() {
-        return;
-    }
+/// A relay, the fault injector in front of it, an sshd, and alice's token file.
+fn faulty_path() -> (Relay, FaultProxy, Sshd, std::path::PathBuf) {
     let token = random_hex(24);
     let relay = spawn_relay(&RelaySpec::standard(ALICE, &token));
     let proxy = FaultProxy::start(relay.addr);
     let sshd = spawn_sshd();
     let token_file = write_token_file(&sshd.subdir("secrets"), &token);
+    (relay, proxy, sshd, token_file)
+}
+
+#[test]
+fn scp_128_mib_survives_5_resets() {
+    if !require_openssh() {
+        return;
+    }
+    let (relay, proxy, sshd, token_file) = faulty_path();
     let local = sshd.subdir("local");
     let remote = sshd.subdir("remote");
     let len = 128usize << 20;
@@ -110,11 +116,7 @@ fn interactive_session_survives_reset_and_black_hole() {
     if !require_openssh() {
         return;
     }
-    let token = random_hex(24);
-    let relay = spawn_relay(&RelaySpec::standard(ALICE, &token));
-    let proxy = FaultProxy::start(relay.addr);
-    let sshd = spawn_sshd();
-    let token_file = write_token_file(&sshd.subdir("secrets"), &token);
+    let (relay, proxy, sshd, token_file) = faulty_path();
     let pc = proxy_command_via(&proxy, &relay, &token_file);
     let mut cmd = ssh_command("ssh", &sshd);
     cmd.args(ssh_base_args(&sshd, &pc))
