@@ -175,7 +175,7 @@ impl std::error::Error for QueryError {}
 const BAD_PORT: &str = "must be a number from 1 to 65535";
 const BAD_ACK: &str = "must be a whole number of bytes";
 const TOO_LONG: &str = "is longer than 1024 bytes";
-const CONTROLS: &str = "contains control characters";
+const BAD_CHARS: &str = "may hold only letters, digits and - . _ : + / =";
 
 /// The parameters a relay reads, each at most once; others (IAP Desktop's
 /// `_` cache buster, gcloud's `newWebsocket`) are ignored.
@@ -199,9 +199,15 @@ impl Params {
             if value.len() > MAX_VALUE_LEN {
                 return Err(QueryError::Invalid(name, TOO_LONG));
             }
-            // Values end up in logs and messages; nothing legitimate has controls.
-            if value.chars().any(char::is_control) {
-                return Err(QueryError::Invalid(name, CONTROLS));
+            // Values end up in logs and messages. Every legitimate one (project ids, zones,
+            // names, IP addresses, FQDNs, numbers, session ids, which Google may write in
+            // base64) is plain ASCII from this set, so controls, spaces, quotes and invisible
+            // Unicode marks never get that far.
+            if !value.bytes().all(|b| {
+                b.is_ascii_alphanumeric()
+                    || matches!(b, b'-' | b'.' | b'_' | b':' | b'+' | b'/' | b'=')
+            }) {
+                return Err(QueryError::Invalid(name, BAD_CHARS));
             }
             *slot = Some(value.into_owned());
         }
@@ -384,7 +390,7 @@ sid=s&ack=18446744073709551615&newWebsocket=True&region=us-central1";
             inst("example.com:proj", "europe-west4-b", "a", "nic1"),
             host("p", "us-central1", "default", "10.0.0.5", None),
             host("p", "r", "n", "fd00::5", Some("g")),
-            host("p", "r", "n", "db.internal.example.com", Some("a b+c*~")),
+            host("p", "r", "n", "db.internal.example.com", Some("a_b-c")),
         ];
         for t in targets {
             for port in [1, 22, 3389, 65535] {
@@ -431,7 +437,9 @@ sid=s&ack=18446744073709551615&newWebsocket=True&region=us-central1";
             project=p&port=65536&zone=z&instance=i => query parameter port must be a number from 1 to 65535
             project=p&port=%2B22&zone=z&instance=i => query parameter port must be a number from 1 to 65535
             project=p&port=ssh&zone=z&instance=i => query parameter port must be a number from 1 to 65535
-            project=p&port=22&zone=z&instance=i%0A => query parameter instance contains control characters
+            project=p&port=22&zone=z&instance=i%0A => query parameter instance may hold only letters, digits and - . _ : + / =
+            project=p&port=22&region=r&network=n%E2%80%AEx&host=h => query parameter network may hold only letters, digits and - . _ : + / =
+            project=p%20q&port=22&zone=z&instance=i => query parameter project may hold only letters, digits and - . _ : + / =
             project=LONG&port=22&zone=z&instance=i => query parameter project is longer than 1024 bytes
             project=p&port=22&zone=z&instance=i&host=h => query parameters zone and host do not go together
             project=p&port=22&interface=nic0&group=g => query parameters interface and group do not go together";

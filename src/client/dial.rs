@@ -262,12 +262,27 @@ pub fn tls_config_with_client(
 /// The read buffer is one message long: tungstenite zero-fills its whole read buffer before
 /// every read, so its 128 KiB default cost most of the CPU on the data path (memset) and
 /// 128 KiB of memory per idle tunnel in the relay (profile in BENCHMARKS.md).
+///
+/// The write buffer is bounded too. A peer that sends pings and never reads makes tungstenite
+/// queue a pong for every ping; with no bound, each queued pong stayed in the write buffer and
+/// one such peer grew the other side by about 115 MiB/s. With a bound, pongs that do not fit
+/// are coalesced into the one pending pong, so such a peer costs at most
+/// [`WS_MAX_WRITE_BUFFER`] per connection. Our own DATA never reaches the bound: the pump
+/// sends only after a flush, so at most [`WS_WRITE_BUFFER`] plus one message is queued.
 pub fn websocket_config() -> WebSocketConfig {
     WebSocketConfig::default()
         .read_buffer_size(MAX_MESSAGE_LEN + 1024)
         .max_message_size(Some(MAX_MESSAGE_LEN + 1024))
         .max_frame_size(Some(MAX_MESSAGE_LEN + 1024))
+        .write_buffer_size(WS_WRITE_BUFFER)
+        .max_write_buffer_size(WS_MAX_WRITE_BUFFER)
 }
+
+/// Bytes tungstenite collects before writing to the socket (its default).
+pub const WS_WRITE_BUFFER: usize = 128 * 1024;
+/// The most a WebSocket's write buffer may hold: the collecting buffer, one message, and
+/// room for control frames (pongs, the close) while the peer is not reading.
+pub const WS_MAX_WRITE_BUFFER: usize = WS_WRITE_BUFFER + 4 * (MAX_MESSAGE_LEN + 1024);
 
 /// Everything a handshake needs besides the token.
 #[derive(Debug)]

@@ -7,6 +7,7 @@
 //! a token or a value derived from one.
 
 use std::fmt;
+use std::sync::Arc;
 use std::time::SystemTime;
 
 use anyhow::bail;
@@ -125,6 +126,66 @@ impl Authenticator {
     }
 }
 
+/// What vouched for a caller, kept with its session so that a reload can ask whether the new
+/// configuration still accepts it (a removed static token, issuer or token-info endpoint ends
+/// the sessions it opened).
+#[derive(Clone)]
+pub enum Credential {
+    /// A static token, by its SHA-256; the token itself is not kept.
+    Static([u8; 32]),
+    /// A JWT, kept so it can be verified again against the new issuers. Verification is
+    /// offline for keys already loaded.
+    Jwt(Arc<str>),
+    /// A token-info answer. It cannot be re-checked without a lookup per session, so a reload
+    /// only checks that token-info is still configured.
+    TokenInfo,
+}
+
+impl fmt::Debug for Credential {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        // Neither the token nor its digest is ever written out.
+        f.write_str(match self {
+            Credential::Static(_) => "Credential::Static(..)",
+            Credential::Jwt(_) => "Credential::Jwt(..)",
+            Credential::TokenInfo => "Credential::TokenInfo",
+        })
+    }
+}
+
+impl Credential {
+    /// The credential behind `identity`, which `token` authenticated.
+    pub fn of(identity: &Identity, token: &str) -> Credential {
+        match identity.method {
+            "static" => {
+                let mut d = [0u8; 32];
+                d.copy_from_slice(digest(&SHA256, token.as_bytes()).as_ref());
+                Credential::Static(d)
+            }
+            "jwt" => Credential::Jwt(token.into()),
+            _ => Credential::TokenInfo,
+        }
+    }
+}
+
+impl Authenticator {
+    /// Whether this configuration still accepts `credential` as `principal`. An expired JWT
+    /// still counts: expiry is handled by the 4004 that asks the client for a fresh token.
+    pub async fn still_accepts(&self, credential: &Credential, principal: &str) -> bool {
+        match credential {
+            Credential::Static(d) => self.tokens.principal_for_digest(d) == Some(principal),
+            Credential::Jwt(token) => match &self.jwt {
+                Some(jwt) => match jwt.verify(token).await {
+                    Ok(identity) => identity.principal == principal,
+                    Err(AuthError::Expired) => true,
+                    Err(_) => false,
+                },
+                None => false,
+            },
+            Credential::TokenInfo => self.tokeninfo.is_some(),
+        }
+    }
+}
+
 /// The configured static tokens.
 #[derive(Debug, Default)]
 pub struct StaticTokens {
@@ -156,9 +217,18 @@ impl StaticTokens {
     /// The principal a token belongs to, if any.
     pub fn authenticate(&self, token: &str) -> Option<&str> {
         let presented = digest(&SHA256, token.as_bytes());
+        self.find(presented.as_ref())
+    }
+
+    /// The principal whose token has SHA-256 `presented` (a reload checking a live session).
+    pub fn principal_for_digest(&self, presented: &[u8; 32]) -> Option<&str> {
+        self.find(presented)
+    }
+
+    fn find(&self, presented: &[u8]) -> Option<&str> {
         let mut found = None;
         for (hash, principal) in &self.entries {
-            if bool::from(hash.ct_eq(presented.as_ref())) && found.is_none() {
+            if bool::from(hash.ct_eq(presented)) && found.is_none() {
                 found = Some(principal.as_str());
             }
         }

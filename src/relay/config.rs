@@ -170,7 +170,25 @@ pub struct Limits {
     pub max_session_secs: Option<u64>,
     /// On SIGTERM, seconds live sessions may take to finish before they are closed.
     pub drain_secs: u64,
+    /// Seconds a new connection may stay silent before its first byte (the TLS ClientHello,
+    /// or the request line without TLS); shorter than the whole handshake so idle sockets
+    /// are dropped early.
+    pub first_byte_timeout_secs: u64,
+    /// Connections from one client address (an IPv6 /64) that may be between accept and a
+    /// finished upgrade at once; more are closed at once. Trusted proxies are exempt.
+    pub max_handshakes_per_address: usize,
+    /// Memory, in MiB, that the buffers of all sessions (attached and parked) may hold at
+    /// most. Each session reserves its worst case when it opens
+    /// (`max_unacked_bytes` + [`SESSION_OVERHEAD_BYTES`]); a new session that does not fit
+    /// is refused with HTTP 503.
+    pub memory_budget_mib: usize,
 }
+
+/// Per-session buffers besides the resend buffer, at their bounds: the output queue for the
+/// backend (256 KiB and one message), the WebSocket write buffer (about 196 KiB), the
+/// WebSocket read and message buffers (2 × 17 KiB), TLS buffers and the backend read buffer.
+/// Rounded up; the sum is what one session reserves from the memory budget.
+pub const SESSION_OVERHEAD_BYTES: usize = 768 * 1024;
 
 impl Default for Limits {
     fn default() -> Self {
@@ -185,6 +203,9 @@ impl Default for Limits {
             idle_timeout_secs: None,
             max_session_secs: None,
             drain_secs: 30,
+            first_byte_timeout_secs: 3,
+            max_handshakes_per_address: 256,
+            memory_budget_mib: 2048,
         }
     }
 }
@@ -371,6 +392,7 @@ impl RelayConfig {
                 );
             }
         }
+        check_limits(&file.limits)?;
         Ok(RelayConfig {
             listen: file.listen,
             tls: file.tls.map(|t| (base.join(t.cert), base.join(t.key))),
@@ -397,6 +419,30 @@ impl RelayConfig {
             outbound_ca_file: file.outbound_ca_file.map(|p| base.join(p)),
         })
     }
+}
+
+fn check_limits(limits: &Limits) -> anyhow::Result<()> {
+    if limits.first_byte_timeout_secs == 0
+        || limits.first_byte_timeout_secs > limits.handshake_timeout_secs
+    {
+        bail!(
+            "limits.first_byte_timeout_secs must be from 1 to handshake_timeout_secs ({})",
+            limits.handshake_timeout_secs
+        );
+    }
+    if limits.max_handshakes_per_address == 0 {
+        bail!("limits.max_handshakes_per_address must be at least 1");
+    }
+    let per_session = limits.max_unacked_bytes + SESSION_OVERHEAD_BYTES;
+    if limits.memory_budget_mib.saturating_mul(1024 * 1024) < per_session {
+        bail!(
+            "limits.memory_budget_mib ({} MiB) does not fit one session ({} KiB: max_unacked_bytes plus {} KiB of other buffers)",
+            limits.memory_budget_mib,
+            per_session / 1024,
+            SESSION_OVERHEAD_BYTES / 1024
+        );
+    }
+    Ok(())
 }
 
 fn check_member(member: &str) -> anyhow::Result<()> {

@@ -2,6 +2,7 @@
 //! loop that joins clients to backends.
 
 pub mod admin;
+pub mod admission;
 pub mod audit;
 pub mod authn;
 pub mod config;

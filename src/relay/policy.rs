@@ -170,6 +170,8 @@ pub enum Decision {
     Allow {
         /// The binding that matched, for the log.
         binding: String,
+        /// When that binding expires; the session must be decided again then.
+        until: Option<SystemTime>,
     },
     /// Denied; the reason is for the relay's log only, never for the client.
     Deny {
@@ -232,6 +234,7 @@ pub fn decide(policy: &Policy, req: &Request<'_>) -> Decision {
             None => {
                 return Decision::Allow {
                     binding: binding.name.clone(),
+                    until: binding.expires,
                 };
             }
         }
@@ -290,7 +293,7 @@ mod tests {
 
     fn expect(got: Decision, expected: Result<&str, &str>, what: &str) {
         match (got, expected) {
-            (Decision::Allow { binding }, Ok(b)) => assert_eq!(binding, b, "{what}"),
+            (Decision::Allow { binding, .. }, Ok(b)) => assert_eq!(binding, b, "{what}"),
             (Decision::Deny { reason }, Err(text)) => {
                 assert!(reason.contains(text), "{what}: {reason}")
             }

@@ -22,17 +22,18 @@ use tokio_tungstenite::tungstenite::protocol::CloseFrame;
 use tokio_util::either::Either;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
-use tracing::{Instrument, info, info_span, warn};
+use tracing::{Instrument, debug, info, info_span, warn};
 
+use super::admission::{Budget, HandshakeGate, HandshakeSlot, Reservation};
 use super::audit::{AuditLog, Event};
-use super::authn::{self, AuthError, Authenticator, Identity};
-use super::config::RelayConfig;
+use super::authn::{self, AuthError, Authenticator, Credential, Identity};
+use super::config::{RelayConfig, SESSION_OVERHEAD_BYTES};
 use super::http::HttpClient;
 use super::inventory::HostLookup;
 use super::jwt::JwtVerifier;
 use super::metrics::Metrics;
 use super::policy::{self, Decision};
-use super::sessions::{Grant, Parked, Registry, SessionInfo};
+use super::sessions::{Grant, Parked, Registry, SessionInfo, Standing};
 use super::tokeninfo::TokenInfo;
 use super::upgrade::{self, HeadError, Prefixed};
 use crate::client::dial::{SUBPROTOCOL, websocket_config};
@@ -59,6 +60,48 @@ struct State {
 }
 
 impl State {
+    /// What one session reserves from the memory budget.
+    fn session_reservation(&self) -> usize {
+        self.config.limits.max_unacked_bytes + SESSION_OVERHEAD_BYTES
+    }
+
+    fn budget_bytes(&self) -> usize {
+        self.config
+            .limits
+            .memory_budget_mib
+            .saturating_mul(1024 * 1024)
+    }
+
+    fn is_trusted_proxy(&self, ip: IpAddr) -> bool {
+        self.config.trusted_proxies.iter().any(|c| c.contains(ip))
+    }
+
+    /// Whether a live session may go on under this configuration: its credential is still
+    /// accepted and a binding still allows it. `Ok` carries when it must be decided again (a
+    /// binding's expiry); `Err` the reason it may not.
+    async fn still_allowed(
+        &self,
+        grant: &Grant,
+        credential: &Credential,
+        client_cert: bool,
+    ) -> Result<Option<SystemTime>, String> {
+        if !self.auth.still_accepts(credential, &grant.principal).await {
+            return Err("credential no longer accepted".to_owned());
+        }
+        let req = policy::Request {
+            principal: &grant.principal,
+            target: &grant.target,
+            port: grant.port,
+            group: grant.group.as_deref(),
+            client_cert,
+            now: SystemTime::now(),
+        };
+        match policy::decide(&self.config.policy, &req) {
+            Decision::Allow { until, .. } => Ok(until),
+            Decision::Deny { reason } => Err(reason),
+        }
+    }
+
     async fn build(config: RelayConfig) -> anyhow::Result<State> {
         let tls = match &config.tls {
             Some((cert, key)) => Some(TlsAcceptor::from(super::tls::server_config(
@@ -109,6 +152,11 @@ pub struct Relay {
     audit: Arc<AuditLog>,
     draining: Arc<AtomicBool>,
     per_principal: Arc<Mutex<HashMap<String, usize>>>,
+    handshakes: Arc<HandshakeGate>,
+    budget: Arc<Budget>,
+    /// Resume-window timers of parked sessions; stopped and awaited at shutdown.
+    timers: TaskTracker,
+    timers_stop: CancellationToken,
     scheme: &'static str,
 }
 
@@ -131,12 +179,16 @@ impl Relay {
         let state = State::build(config).await?;
         Ok(Relay {
             scheme: if state.tls.is_some() { "wss" } else { "ws" },
+            budget: Budget::new(state.budget_bytes()),
             state: RwLock::new(Arc::new(state)),
             sessions: Arc::default(),
             metrics: Arc::default(),
             audit: Arc::new(audit),
             draining: Arc::default(),
             per_principal: Arc::default(),
+            handshakes: Arc::default(),
+            timers: TaskTracker::new(),
+            timers_stop: CancellationToken::new(),
         })
     }
 
@@ -160,8 +212,9 @@ impl Relay {
     }
 
     /// Re-reads the configuration and certificate. On error the running configuration stays.
-    /// Sessions the new policy no longer allows are closed with 4033 (continuous
-    /// authorization). Returns how many were closed.
+    /// Sessions the new configuration no longer allows, because their credential (static
+    /// token, JWT issuer, token-info) or their binding is gone, are closed with 4033
+    /// (continuous authorization). Returns how many were closed.
     ///
     /// # Errors
     /// When the new configuration does not load; nothing changes then.
@@ -169,26 +222,34 @@ impl Relay {
         let config = RelayConfig::load(path)?;
         let state = Arc::new(State::build(config).await?);
         *self.state.write().unwrap_or_else(|p| p.into_inner()) = state.clone();
-        let now = SystemTime::now();
-        let (attached, parked) = self.sessions.revoke(|grant| {
-            let req = policy::Request {
-                principal: &grant.principal,
-                target: &grant.target,
-                port: grant.port,
-                group: grant.group.as_deref(),
-                client_cert: grant.client_cert,
-                now,
-            };
-            matches!(
-                policy::decide(&state.config.policy, &req),
-                Decision::Allow { .. }
-            )
-        });
+        self.budget.set_limit(state.budget_bytes());
+        // Sessions opened from here on are decided against the new state (see `handle`), so
+        // one pass over those already known covers every session.
+        let mut doomed = Vec::new();
+        let mut reasons = HashMap::new();
+        for Standing {
+            sid,
+            grant,
+            credential,
+        } in self.sessions.standings()
+        {
+            if let Err(reason) = state
+                .still_allowed(&grant, &credential, grant.client_cert)
+                .await
+            {
+                reasons.insert(sid.clone(), reason);
+                doomed.push(sid);
+            }
+        }
+        let (attached, parked) = self.sessions.revoke(&doomed);
         for p in &parked {
+            let reason = reasons
+                .get(&p.info.sid)
+                .map_or("revoked by reload", String::as_str);
             self.end_session(
                 p,
                 close::NOT_AUTHORIZED,
-                "binding revoked by reload",
+                &format!("revoked by reload: {reason}"),
                 "revoked",
             );
         }
@@ -273,13 +334,31 @@ pub async fn serve(relay: Arc<Relay>, listener: TcpListener, stop: CancellationT
             },
             () = &mut drain => break,
         };
+        // One address may hold only so many unfinished handshakes: beyond that its new
+        // connections are closed at once, so idle sockets from one source cannot take every
+        // slot. Trusted proxies carry many clients and are exempt.
+        let state = relay.state();
+        let slot = if state.is_trusted_proxy(peer.ip()) {
+            None
+        } else {
+            let limit = state.config.limits.max_handshakes_per_address;
+            match relay.handshakes.try_enter(peer.ip(), limit) {
+                Some(slot) => Some(slot),
+                None => {
+                    relay.metrics.refused("handshakes_per_address");
+                    debug!(%peer, limit, "too many unfinished handshakes from this address");
+                    continue;
+                }
+            }
+        };
+        drop(state);
         let relay = relay.clone();
         let cancel = sessions_cancel.child_token();
         // The handshake runs in the spawned task, never in this loop: a slow client must not
         // hold up others.
         tracker.spawn(
             async move {
-                handle(&relay, stream, peer, &cancel).await;
+                handle(&relay, stream, peer, slot, &cancel).await;
                 drop(permit);
             }
             .instrument(info_span!("conn", %peer)),
@@ -296,6 +375,14 @@ pub async fn serve(relay: Arc<Relay>, listener: TcpListener, stop: CancellationT
             "shutdown grace ended with tunnels still open"
         );
     }
+    // No connection task is left to park a session: end those still waiting for their
+    // clients, so each gets its close line and leaves the open-session count.
+    relay.timers_stop.cancel();
+    relay.timers.close();
+    for parked in relay.sessions.take_parked() {
+        relay.end_session(&parked, 1001, "relay shut down", "shutdown");
+    }
+    let _ = tokio::time::timeout(SHUTDOWN_GRACE, relay.timers.wait()).await;
 }
 
 /// What the upgrade request asked for, once authenticated.
@@ -310,9 +397,15 @@ type ServerSocket = WebSocketStream<ServerStream>;
 /// Everything known about a caller after the upgrade.
 struct Caller {
     identity: Identity,
+    /// The bearer token, kept only until the configuration in force after the upgrade has
+    /// accepted it too; never logged.
+    token: String,
+    credential: Credential,
     client: IpAddr,
     client_cert: bool,
     asked: Asked,
+    /// A new session's share of the memory budget (connects only).
+    reservation: Option<Reservation>,
 }
 
 /// The client's address: the peer, or the nearest untrusted address in `X-Forwarded-For`
@@ -345,6 +438,20 @@ async fn upgrade(
     peer: IpAddr,
 ) -> Result<(ServerSocket, Caller), ()> {
     let _ = stream.set_nodelay(true);
+    // An honest client speaks at once (its TLS ClientHello, or the request line). A silent
+    // socket is dropped after this shorter limit instead of the whole handshake limit.
+    let first_byte = Duration::from_secs(state.config.limits.first_byte_timeout_secs);
+    match tokio::time::timeout(first_byte, stream.peek(&mut [0u8; 1])).await {
+        Ok(Ok(n)) if n > 0 => {}
+        Ok(_) => return Err(()),
+        Err(_) => {
+            info!(
+                timeout_secs = first_byte.as_secs(),
+                "no first byte in time; connection dropped"
+            );
+            return Err(());
+        }
+    }
     let stream = match &state.tls {
         Some(acceptor) => match acceptor.accept(stream).await {
             Ok(tls) => Either::Left(tls),
@@ -378,11 +485,25 @@ async fn upgrade(
         upgrade::refuse(&mut stream, 404, "Not Found", None).await;
         return Err(());
     }
-    let token = head.authorization.as_deref().and_then(authn::bearer);
-    let identity = match token {
-        None => Err(AuthError::Missing),
-        Some(token) => state.auth.authenticate(token).await,
+    let token = head
+        .authorization
+        .as_deref()
+        .and_then(authn::bearer)
+        .unwrap_or_default()
+        .to_owned();
+    let identity = match token.as_str() {
+        "" => Err(AuthError::Missing),
+        token => state.auth.authenticate(token).await,
     };
+    // A principal is shown in logs and matched against bindings: one carrying controls or
+    // invisible marks (an email claim with a newline) is no identity at all.
+    let identity = identity.and_then(|id| {
+        if crate::logging::is_plain(&id.principal) {
+            Ok(id)
+        } else {
+            Err(AuthError::NoIdentity)
+        }
+    });
     let identity = match identity {
         Ok(identity) => identity,
         Err(e) => {
@@ -461,6 +582,37 @@ async fn upgrade(
             return Err(());
         }
     }
+    let reservation = match asked {
+        Asked::Connect { .. } => match relay.budget.try_reserve(state.session_reservation()) {
+            Some(r) => Some(r),
+            None => {
+                const REASON: &str = "relay memory budget reached";
+                release_principal(relay, &identity.principal);
+                relay.metrics.refused("memory_budget");
+                warn!(
+                    reserved_mib = relay.budget.reserved() / (1024 * 1024),
+                    "{REASON}; new tunnel refused"
+                );
+                relay.audit.record(&Event {
+                    event: "deny",
+                    principal: Some(&identity.principal),
+                    client: Some(client),
+                    reason: Some(REASON),
+                    ..Event::default()
+                });
+                fail(REASON, 503);
+                upgrade::refuse(
+                    &mut stream,
+                    503,
+                    "Service Unavailable",
+                    Some("Retry-After: 5"),
+                )
+                .await;
+                return Err(());
+            }
+        },
+        Asked::Reconnect { .. } => None,
+    };
     // tungstenite fixes the callback's error type; this callback never fails.
     #[allow(clippy::result_large_err)]
     let echo_subprotocol = |req: &Request, mut resp: Response| -> Result<Response, ErrorResponse> {
@@ -480,10 +632,13 @@ async fn upgrade(
         Ok(resp)
     };
     let caller = Caller {
+        credential: Credential::of(&identity, &token),
         identity,
+        token,
         client,
         client_cert,
         asked,
+        reservation,
     };
     match tokio_tungstenite::accept_hdr_async_with_config(
         Prefixed::new(bytes, stream),
@@ -549,31 +704,72 @@ async fn handle(
     relay: &Arc<Relay>,
     stream: TcpStream,
     peer: SocketAddr,
+    slot: Option<HandshakeSlot>,
     cancel: &CancellationToken,
 ) {
-    let state = relay.state();
+    let accepted_with = relay.state();
     let started = Instant::now();
-    let limit = Duration::from_secs(state.config.limits.handshake_timeout_secs);
-    let (ws, caller) =
-        match tokio::time::timeout(limit, upgrade(relay, &state, stream, peer.ip())).await {
-            Ok(Ok(upgraded)) => upgraded,
-            Ok(Err(())) => return,
-            Err(_) => {
-                info!(timeout_secs = limit.as_secs(), "handshake timed out");
-                return;
+    let limit = Duration::from_secs(accepted_with.config.limits.handshake_timeout_secs);
+    let upgraded = tokio::time::timeout(limit, upgrade(relay, &accepted_with, stream, peer.ip()));
+    let (mut ws, mut caller) = match upgraded.await {
+        Ok(Ok(upgraded)) => upgraded,
+        Ok(Err(())) => return,
+        Err(_) => {
+            info!(timeout_secs = limit.as_secs(), "handshake timed out");
+            return;
+        }
+    };
+    drop(slot);
+    // Authorization is decided against the configuration in force now that the handshake is
+    // done. A reload during the handshake has already swept the live sessions, so this caller
+    // must pass the new configuration's authentication too.
+    let state = relay.state();
+    if !Arc::ptr_eq(&state, &accepted_with) {
+        let again = state.auth.authenticate(&caller.token).await;
+        if !again
+            .as_ref()
+            .is_ok_and(|id| id.principal == caller.identity.principal)
+        {
+            let reason = "credential revoked by reload during the handshake";
+            relay.metrics.refused("revoked");
+            info!(principal = %caller.identity.principal, reason, "refused");
+            relay.audit.record(&Event {
+                event: "deny",
+                principal: Some(&caller.identity.principal),
+                client: Some(caller.client),
+                reason: Some(reason),
+                code: Some(close::NOT_AUTHORIZED),
+                ..Event::default()
+            });
+            if matches!(caller.asked, Asked::Connect { .. }) {
+                release_principal(relay, &caller.identity.principal);
             }
-        };
-    match caller.asked {
-        Asked::Connect { ref target, port } => {
-            let (target, port) = (target.clone(), port);
+            close_with(&mut ws, close::NOT_AUTHORIZED).await;
+            return;
+        }
+    }
+    caller.token = String::new();
+    match &caller.asked {
+        Asked::Connect { target, port } => {
+            let (target, port) = (target.clone(), *port);
             let principal = caller.identity.principal.clone();
-            let opened = connect(relay, &state, ws, &caller, target, port, started, cancel).await;
+            let opened = connect(
+                relay,
+                &state,
+                ws,
+                &mut caller,
+                target,
+                port,
+                started,
+                cancel,
+            )
+            .await;
             if !opened {
                 release_principal(relay, &principal);
             }
         }
-        Asked::Reconnect { ref sid, ack } => {
-            let sid = sid.clone();
+        Asked::Reconnect { sid, ack } => {
+            let (sid, ack) = (sid.clone(), *ack);
             reconnect(relay, &state, ws, &caller, sid, ack, cancel).await;
         }
     }
@@ -583,9 +779,9 @@ async fn handle(
 #[allow(clippy::too_many_arguments)]
 async fn connect(
     relay: &Arc<Relay>,
-    state: &State,
+    state: &Arc<State>,
     mut ws: ServerSocket,
-    caller: &Caller,
+    caller: &mut Caller,
     target: Target,
     port: u16,
     started: Instant,
@@ -593,6 +789,9 @@ async fn connect(
 ) -> bool {
     let principal = caller.identity.principal.as_str();
     let described = target.describe(port);
+    let Some(reservation) = caller.reservation.take() else {
+        return false;
+    };
     let refuse = |code: u16, reason: &str, result: &'static str| {
         relay.metrics.refused(result);
         info!(%principal, target = %described, %reason, code, "refused");
@@ -648,8 +847,8 @@ async fn connect(
         client_cert: caller.client_cert,
         now: SystemTime::now(),
     };
-    let binding = match policy::decide(&state.config.policy, &req) {
-        Decision::Allow { binding } => binding,
+    let (binding, until) = match policy::decide(&state.config.policy, &req) {
+        Decision::Allow { binding, until } => (binding, until),
         Decision::Deny { reason } => {
             refuse(close::NOT_AUTHORIZED, &reason, "denied");
             close_with(&mut ws, close::NOT_AUTHORIZED).await;
@@ -749,7 +948,9 @@ async fn connect(
         group,
         client_cert: caller.client_cert,
     };
-    let detach = relay.sessions.attach_new(&sid, grant);
+    let detach = relay
+        .sessions
+        .attach_new(&sid, grant.clone(), caller.credential.clone());
     let (read, write) = backend.into_split();
     let parked = Parked {
         session: Session::new(
@@ -765,19 +966,30 @@ async fn connect(
             started: Instant::now(),
             resumes: 0,
         },
+        reservation,
     };
-    drive(
-        relay,
-        state,
-        ws,
-        parked,
-        &detach,
-        Vec::new(),
-        caller.identity.expires_at,
-        cancel,
-    )
-    .await;
+    let lease = Lease {
+        grant,
+        credential: caller.credential.clone(),
+        credential_expires: caller.identity.expires_at,
+        authorized_until: until,
+        decided_with: state.clone(),
+    };
+    drive(relay, state, ws, parked, &detach, Vec::new(), lease, cancel).await;
     true
+}
+
+/// Why a session may run, and until when.
+struct Lease {
+    grant: Grant,
+    credential: Credential,
+    /// When the token expires: the client is asked for a fresh one (4004).
+    credential_expires: Option<SystemTime>,
+    /// When the binding that allowed it expires: it is decided again then.
+    authorized_until: Option<SystemTime>,
+    /// The configuration the session was last decided with. A reload that lands between the
+    /// decision and the session's registration would miss it, so `drive` checks again.
+    decided_with: Arc<State>,
 }
 
 fn region_of(target: &Target) -> &str {
@@ -789,7 +1001,7 @@ fn region_of(target: &Target) -> &str {
 
 async fn reconnect(
     relay: &Arc<Relay>,
-    state: &State,
+    state: &Arc<State>,
     mut ws: ServerSocket,
     caller: &Caller,
     sid: String,
@@ -797,25 +1009,28 @@ async fn reconnect(
     cancel: &CancellationToken,
 ) {
     let principal = caller.identity.principal.as_str();
-    let (mut parked, detach, grant) =
-        match relay.sessions.claim(&sid, principal, TAKEOVER_WAIT).await {
-            Ok(claimed) => claimed,
-            Err(e) => {
-                let code = e.close_code();
-                info!(%principal, sid = %sid, code, reason = ?e, "reconnect refused");
-                relay.audit.record(&Event {
-                    event: "reconnect_refused",
-                    principal: Some(principal),
-                    client: Some(caller.client),
-                    sid: Some(&sid),
-                    reason: Some(&format!("{e:?}")),
-                    code: Some(code),
-                    ..Event::default()
-                });
-                close_with(&mut ws, code).await;
-                return;
-            }
-        };
+    let claimed = relay
+        .sessions
+        .claim(&sid, principal, &caller.credential, TAKEOVER_WAIT)
+        .await;
+    let (mut parked, detach, grant) = match claimed {
+        Ok(claimed) => claimed,
+        Err(e) => {
+            let code = e.close_code();
+            info!(%principal, sid = %sid, code, reason = ?e, "reconnect refused");
+            relay.audit.record(&Event {
+                event: "reconnect_refused",
+                principal: Some(principal),
+                client: Some(caller.client),
+                sid: Some(&sid),
+                reason: Some(&format!("{e:?}")),
+                code: Some(code),
+                ..Event::default()
+            });
+            close_with(&mut ws, code).await;
+            return;
+        }
+    };
     // The grant is decided again: a binding may have expired while the client was away.
     let req = policy::Request {
         principal,
@@ -825,12 +1040,15 @@ async fn reconnect(
         client_cert: caller.client_cert,
         now: SystemTime::now(),
     };
-    if let Decision::Deny { reason } = policy::decide(&state.config.policy, &req) {
-        relay.sessions.remove(&sid);
-        close_with(&mut ws, close::NOT_AUTHORIZED).await;
-        relay.end_session(&parked, close::NOT_AUTHORIZED, &reason, "revoked");
-        return;
-    }
+    let until = match policy::decide(&state.config.policy, &req) {
+        Decision::Allow { until, .. } => until,
+        Decision::Deny { reason } => {
+            relay.sessions.remove(&sid);
+            close_with(&mut ws, close::NOT_AUTHORIZED).await;
+            relay.end_session(&parked, close::NOT_AUTHORIZED, &reason, "revoked");
+            return;
+        }
+    };
     let resend = match parked.session.state.resume(ack) {
         Ok(resend) => resend,
         Err(e) => {
@@ -871,29 +1089,26 @@ async fn reconnect(
         resumes: Some(parked.info.resumes),
         ..Event::default()
     });
-    drive(
-        relay,
-        state,
-        ws,
-        parked,
-        &detach,
-        resend,
-        caller.identity.expires_at,
-        cancel,
-    )
-    .await;
+    let lease = Lease {
+        grant: Grant::clone(&grant),
+        credential: caller.credential.clone(),
+        credential_expires: caller.identity.expires_at,
+        authorized_until: until,
+        decided_with: state.clone(),
+    };
+    drive(relay, state, ws, parked, &detach, resend, lease, cancel).await;
 }
 
 /// Runs one WebSocket attachment of a session, then parks it or ends it.
 #[allow(clippy::too_many_arguments)]
 async fn drive(
     relay: &Arc<Relay>,
-    state: &State,
+    state: &Arc<State>,
     ws: ServerSocket,
     mut parked: Parked,
     detach: &Detach,
     resend: Vec<bytes::Bytes>,
-    credential_expires: Option<SystemTime>,
+    lease: Lease,
     cancel: &CancellationToken,
 ) {
     let limits = &state.config.limits;
@@ -901,12 +1116,12 @@ async fn drive(
     attach.resend = resend;
     attach.detach = Some(detach);
     attach.idle_timeout = limits.idle_timeout_secs.map(Duration::from_secs);
+    let until_now =
+        |t: Option<SystemTime>| t.map(|e| e.duration_since(SystemTime::now()).unwrap_or_default());
     // Ask for a fresh credential when this one expires, or at the configured period.
-    let until_expiry =
-        credential_expires.map(|e| e.duration_since(SystemTime::now()).unwrap_or_default());
     let reauth = [
         limits.reauthenticate_after_secs.map(Duration::from_secs),
-        until_expiry,
+        until_now(lease.credential_expires),
     ]
     .into_iter()
     .flatten()
@@ -914,24 +1129,56 @@ async fn drive(
     let session_left = limits
         .max_session_secs
         .map(|s| Duration::from_secs(s).saturating_sub(parked.info.started.elapsed()));
-    let sleep_or_never = |d: Option<Duration>| async move {
-        match d {
-            Some(d) => tokio::time::sleep(d).await,
-            None => std::future::pending().await,
-        }
+    // A reload between the decision and the registration saw neither: decide again now.
+    let mut authorized_for = if Arc::ptr_eq(&relay.state(), &lease.decided_with) {
+        Ok(until_now(lease.authorized_until))
+    } else {
+        relay
+            .state()
+            .still_allowed(&lease.grant, &lease.credential, lease.grant.client_cert)
+            .await
+            .map(until_now)
     };
+    let mut revoked: Option<String> = None;
     let end = {
         let pump = pump::run(&mut parked.session, ws, attach);
         tokio::pin!(pump);
-        tokio::select! {
-            end = &mut pump => end,
-            () = sleep_or_never(reauth) => {
-                detach.request(close::REAUTHENTICATION_REQUIRED);
-                pump.await
+        let reauth = sleep_or_never(reauth);
+        let session_left = sleep_or_never(session_left);
+        tokio::pin!(reauth, session_left);
+        let mut asked = false;
+        loop {
+            if let Err(reason) = &authorized_for
+                && !asked
+            {
+                info!(sid = %parked.info.sid, %reason, "authorization ended");
+                revoked = Some(reason.clone());
+                detach.request(close::NOT_AUTHORIZED);
+                asked = true;
             }
-            () = sleep_or_never(session_left) => {
-                detach.request(POLICY_VIOLATION);
-                pump.await
+            let recheck = match &authorized_for {
+                Ok(Some(left)) if !asked => Some(*left),
+                _ => None,
+            };
+            tokio::select! {
+                end = &mut pump => break end,
+                () = &mut reauth, if !asked => {
+                    detach.request(close::REAUTHENTICATION_REQUIRED);
+                    asked = true;
+                }
+                () = &mut session_left, if !asked => {
+                    detach.request(POLICY_VIOLATION);
+                    asked = true;
+                }
+                // The binding that allowed the session expires: decide again against the
+                // configuration in force (another binding may still allow it).
+                () = sleep_or_never(recheck), if recheck.is_some() => {
+                    authorized_for = relay
+                        .state()
+                        .still_allowed(&lease.grant, &lease.credential, lease.grant.client_cert)
+                        .await
+                        .map(until_now);
+                }
             }
         }
     };
@@ -959,9 +1206,10 @@ async fn drive(
         PumpEnd::Violation { detail, code } => (*code, detail.clone(), "protocol_error"),
         PumpEnd::Cancelled => (1001, "relay shutting down".to_owned(), "shutdown"),
         PumpEnd::IdleTimeout => (POLICY_VIOLATION, "idle timeout".to_owned(), "idle"),
-        PumpEnd::Detached { code } if *code == close::NOT_AUTHORIZED => {
-            (*code, "binding revoked".to_owned(), "revoked")
-        }
+        PumpEnd::Detached { code } if *code == close::NOT_AUTHORIZED => match revoked {
+            Some(reason) => (*code, reason, "revoked"),
+            None => (*code, "binding revoked".to_owned(), "revoked"),
+        },
         PumpEnd::Detached { code } if *code == POLICY_VIOLATION => {
             (*code, "maximum session length".to_owned(), "too_long")
         }
@@ -970,16 +1218,28 @@ async fn drive(
     relay.end_session(&parked, code, &detail, result);
 }
 
-/// Parks a session and arms the end of its resume window.
+async fn sleep_or_never(d: Option<Duration>) {
+    match d {
+        Some(d) => tokio::time::sleep(d).await,
+        None => std::future::pending().await,
+    }
+}
+
+/// Parks a session and arms the end of its resume window. The timer is tracked: at shutdown
+/// it stops, and the sessions still parked are ended by `serve`.
 fn park(relay: &Arc<Relay>, state: &State, parked: Parked) {
     let sid = parked.info.sid.clone();
     let Some(generation) = relay.sessions.park(parked) else {
         return;
     };
     let window = Duration::from_secs(state.config.limits.resume_window_secs);
-    let relay = relay.clone();
-    tokio::spawn(async move {
-        tokio::time::sleep(window).await;
+    let relay2 = relay.clone();
+    relay.timers.spawn(async move {
+        let relay = relay2;
+        tokio::select! {
+            () = tokio::time::sleep(window) => {}
+            () = relay.timers_stop.cancelled() => return,
+        }
         if let Some(expired) = relay.sessions.expire(&sid, generation) {
             relay.end_session(
                 &expired,

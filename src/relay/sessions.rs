@@ -12,6 +12,8 @@ use std::time::{Duration, Instant};
 
 use tokio::sync::Notify;
 
+use super::admission::Reservation;
+use super::authn::Credential;
 use crate::close;
 use crate::session::local::{TcpInput, TcpOutput};
 use crate::session::pump::{Detach, Session};
@@ -59,6 +61,8 @@ pub struct Parked {
     pub session: RelaySession,
     /// Its description.
     pub info: SessionInfo,
+    /// Its share of the memory budget, held while it is attached or parked.
+    pub reservation: Reservation,
 }
 
 #[derive(Debug)]
@@ -73,8 +77,21 @@ enum Slot {
 #[derive(Debug)]
 struct Entry {
     grant: Arc<Grant>,
+    /// What authenticated the latest attachment; a reload checks it is still accepted.
+    credential: Credential,
     slot: Slot,
     parked: Arc<Notify>,
+}
+
+/// One session as a reload sees it: enough to decide again whether it may go on.
+#[derive(Debug)]
+pub struct Standing {
+    /// The session id.
+    pub sid: String,
+    /// What was granted.
+    pub grant: Arc<Grant>,
+    /// What authenticated it.
+    pub credential: Credential,
 }
 
 /// Why a reconnect could not take a session.
@@ -114,12 +131,13 @@ impl Registry {
     }
 
     /// Records a new session as attached; returns the handle that detaches it.
-    pub fn attach_new(&self, sid: &str, grant: Grant) -> Arc<Detach> {
+    pub fn attach_new(&self, sid: &str, grant: Grant, credential: Credential) -> Arc<Detach> {
         let detach = Arc::new(Detach::default());
         self.lock().insert(
             sid.to_owned(),
             Entry {
                 grant: Arc::new(grant),
+                credential,
                 slot: Slot::Attached(detach.clone()),
                 parked: Arc::new(Notify::new()),
             },
@@ -127,19 +145,26 @@ impl Registry {
         detach
     }
 
-    /// Ends every session whose grant `still_allowed` rejects: an attached one is told to
-    /// close with 4033; a parked one is removed and returned for the audit log.
-    pub fn revoke(&self, still_allowed: impl Fn(&Grant) -> bool) -> (usize, Vec<Parked>) {
-        let mut entries = self.lock();
-        let doomed: Vec<String> = entries
+    /// Every session with its grant and credential, for a reload to check.
+    pub fn standings(&self) -> Vec<Standing> {
+        self.lock()
             .iter()
-            .filter(|(_, e)| !still_allowed(&e.grant))
-            .map(|(sid, _)| sid.clone())
-            .collect();
+            .map(|(sid, e)| Standing {
+                sid: sid.clone(),
+                grant: e.grant.clone(),
+                credential: e.credential.clone(),
+            })
+            .collect()
+    }
+
+    /// Ends the sessions `doomed`: an attached one is told to close with 4033; a parked one
+    /// is removed and returned for the audit log. Returns how many were attached.
+    pub fn revoke(&self, doomed: &[String]) -> (usize, Vec<Parked>) {
+        let mut entries = self.lock();
         let mut attached = 0;
         let mut parked = Vec::new();
         for sid in doomed {
-            let Some(entry) = entries.remove(&sid) else {
+            let Some(entry) = entries.remove(sid) else {
                 continue;
             };
             match entry.slot {
@@ -191,9 +216,26 @@ impl Registry {
         }
     }
 
+    /// Removes and returns every parked session (the relay is shutting down).
+    pub fn take_parked(&self) -> Vec<Parked> {
+        let mut entries = self.lock();
+        let parked: Vec<String> = entries
+            .iter()
+            .filter(|(_, e)| matches!(e.slot, Slot::Parked { .. }))
+            .map(|(sid, _)| sid.clone())
+            .collect();
+        parked
+            .iter()
+            .filter_map(|sid| match entries.remove(sid).map(|e| e.slot) {
+                Some(Slot::Parked { parked, .. }) => Some(*parked),
+                _ => None,
+            })
+            .collect()
+    }
+
     /// Takes session `sid` for `principal`, detaching it from a WebSocket that still holds it
     /// (the client has evidently given up on that one) and waiting up to `wait` for it to let
-    /// go.
+    /// go. On success `credential` becomes the session's credential.
     ///
     /// # Errors
     /// A [`ClaimError`]; a wrong principal leaves the session as it was.
@@ -201,6 +243,7 @@ impl Registry {
         &self,
         sid: &str,
         principal: &str,
+        credential: &Credential,
         wait: Duration,
     ) -> Result<(Parked, Arc<Detach>, Arc<Grant>), ClaimError> {
         let deadline = Instant::now() + wait;
@@ -216,6 +259,7 @@ impl Registry {
                 let detach = Arc::new(Detach::default());
                 match std::mem::replace(&mut entry.slot, Slot::Attached(detach.clone())) {
                     Slot::Parked { parked, .. } => {
+                        entry.credential = credential.clone();
                         return Ok((*parked, detach, entry.grant.clone()));
                     }
                     Slot::Attached(current) => {
