@@ -607,7 +607,8 @@ fn limits_per_principal_and_handshake_timeout() {
 /// 1,000 tunnels at once through one relay, each echoing its own data.
 #[test]
 fn a_thousand_concurrent_tunnels() {
-    let s = setup("");
+    // All from one address at once: above the default per-address handshake limit (256).
+    let s = setup("[limits]\nmax_handshakes_per_address = 1000\n");
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
