@@ -126,6 +126,8 @@ resource = "projects/$PROJECT"
 [limits]
 max_connections = 25000
 max_connections_per_principal = 25000
+# The idle-tunnel step holds up to 10,000 sessions; each reserves its worst case (1.75 MiB).
+memory_budget_mib = 20000
 EOF
 
 # start_relay BIN NAME [WRAPPER...]: starts iap-relay, sets RELAY_PID and RELAY_URL.
