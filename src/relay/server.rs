@@ -450,7 +450,10 @@ async fn upgrade(
         Ok(Ok(n)) if n > 0 => {}
         Ok(_) => return Err(()),
         Err(_) => {
-            info!(
+            // Debug, not info: under a flood of silent sockets one line each would turn the
+            // attack into log volume. The metric counts them.
+            relay.metrics.refused("silent");
+            debug!(
                 timeout_secs = first_byte.as_secs(),
                 "no first byte in time; connection dropped"
             );
