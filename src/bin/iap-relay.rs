@@ -73,6 +73,11 @@ fn run(args: &Args) -> anyhow::Result<()> {
             }
             None => None,
         };
+        // Handlers first: once the readiness line is out, a supervisor may signal at once, and
+        // SIGHUP's default action would end the process.
+        let mut hup = signal(SignalKind::hangup())?;
+        let mut term = signal(SignalKind::terminate())?;
+        let mut int = signal(SignalKind::interrupt())?;
         let mut stdout = std::io::stdout().lock();
         writeln!(stdout, "iap-relay listening on {}://{addr}", relay.scheme())?;
         if let Some(admin) = admin {
@@ -81,9 +86,6 @@ fn run(args: &Args) -> anyhow::Result<()> {
         stdout.flush()?;
         drop(stdout);
 
-        let mut hup = signal(SignalKind::hangup())?;
-        let mut term = signal(SignalKind::terminate())?;
-        let mut int = signal(SignalKind::interrupt())?;
         let serving = tokio::spawn(server::serve(relay.clone(), listener, stop.clone()));
         loop {
             tokio::select! {

@@ -172,7 +172,7 @@ pub struct Limits {
     pub drain_secs: u64,
     /// Seconds a new connection may stay silent before its first byte (the TLS ClientHello,
     /// or the request line without TLS); shorter than the whole handshake so idle sockets
-    /// are dropped early. A longer value is cut to `handshake_timeout_secs`.
+    /// are dropped early. Not shorter than `handshake_timeout_secs`: that limit applies.
     pub first_byte_timeout_secs: u64,
     /// Connections from one client address (an IPv6 /64) that may be between accept and a
     /// finished upgrade at once; more are closed at once. Trusted proxies are exempt.

@@ -440,13 +440,15 @@ async fn upgrade(
     let _ = stream.set_nodelay(true);
     // An honest client speaks at once (its TLS ClientHello, or the request line). A silent
     // socket is dropped after this shorter limit instead of the whole handshake limit.
+    // With a first-byte limit no shorter than the whole handshake's, the latter applies.
     let limits = &state.config.limits;
-    let first_byte = Duration::from_secs(
-        limits
-            .first_byte_timeout_secs
-            .min(limits.handshake_timeout_secs),
-    );
-    match tokio::time::timeout(first_byte, stream.peek(&mut [0u8; 1])).await {
+    let first_byte = Duration::from_secs(limits.first_byte_timeout_secs);
+    let silent = if limits.first_byte_timeout_secs < limits.handshake_timeout_secs {
+        tokio::time::timeout(first_byte, stream.peek(&mut [0u8; 1])).await
+    } else {
+        Ok(Ok(1))
+    };
+    match silent {
         Ok(Ok(n)) if n > 0 => {}
         Ok(_) => return Err(()),
         Err(_) => {
