@@ -381,7 +381,7 @@ async fn upgrade(
     let token = head.authorization.as_deref().and_then(authn::bearer);
     let identity = match token {
         None => Err(AuthError::Missing),
-        Some(token) => state.auth.authenticate(token).await,
+        Some(token) => state.auth.authenticate(token, client).await,
     };
     let identity = match identity {
         Ok(identity) => identity,
