@@ -68,6 +68,13 @@ fn relay_with(extra: &str, members: &[&str]) -> (Relay, PathBuf, tempfile::TempD
 /// The HTTP status of a WebSocket upgrade to `/v4/connect` with `token`, sent from `from`:
 /// 101 means the token was accepted (the policy is checked after the upgrade).
 async fn upgrade_status(relay: SocketAddr, from: IpAddr, token: &str) -> u16 {
+    upgrade_answer(relay, from, token)
+        .await
+        .unwrap_or_else(|| panic!("the relay closed without an answer"))
+}
+
+/// As [`upgrade_status`], `None` when the relay closes the connection without an answer.
+async fn upgrade_answer(relay: SocketAddr, from: IpAddr, token: &str) -> Option<u16> {
     let socket = tokio::net::TcpSocket::new_v4().unwrap();
     socket.bind(SocketAddr::new(from, 0)).unwrap();
     let mut stream = socket.connect(relay).await.unwrap();
@@ -89,11 +96,16 @@ async fn upgrade_status(relay: SocketAddr, from: IpAddr, token: &str) -> u16 {
     })
     .await;
     assert!(read.is_ok(), "no answer to the upgrade");
+    if head.is_empty() {
+        return None;
+    }
     let line = String::from_utf8_lossy(&head).to_string();
-    line.split(' ')
-        .nth(1)
-        .and_then(|s| s.parse().ok())
-        .unwrap_or_else(|| panic!("not an HTTP answer: {line:?}"))
+    Some(
+        line.split(' ')
+            .nth(1)
+            .and_then(|s| s.parse().ok())
+            .unwrap_or_else(|| panic!("not an HTTP answer: {line:?}")),
+    )
 }
 
 fn localhost() -> IpAddr {
@@ -481,39 +493,45 @@ fn fractional_exp_ends_the_session_with_4004() {
     });
 }
 
+/// A JWKS URL answering `first` at once (the relay's start-up fetch), then `later` after
+/// `delay`; with its fetch count.
+fn slow_jwks(first: String, later: String, delay: Duration) -> (String, Arc<AtomicUsize>) {
+    let fetches = Arc::new(AtomicUsize::new(0));
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let url = format!("http://{}/jwks.json", listener.local_addr().unwrap());
+    let count = fetches.clone();
+    thread::spawn(move || {
+        for conn in listener.incoming().flatten() {
+            let n = count.fetch_add(1, Ordering::SeqCst);
+            let body = if n == 0 { first.clone() } else { later.clone() };
+            thread::spawn(move || {
+                let mut conn = conn;
+                let mut buf = [0u8; 2048];
+                let _ = conn.read(&mut buf);
+                if n > 0 {
+                    thread::sleep(delay);
+                }
+                let _ = std::io::Write::write_all(
+                    &mut conn,
+                    format!("HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}", body.len()).as_bytes(),
+                );
+            });
+        }
+    });
+    (url, fetches)
+}
+
+fn jwks_url_issuer(url: &str) -> String {
+    format!("[[jwt]]\nissuer = \"{ISSUER}\"\naudience = \"{AUDIENCE}\"\njwks_url = \"{url}\"\n")
+}
+
 /// A JWKS URL that answers slowly: tokens with random `kid`s make the relay refetch it, and
 /// meanwhile a token with a known `kid` is verified at once. One refetch runs at a time.
 #[test]
 fn a_slow_jwks_refetch_does_not_hold_up_known_keys() {
     let s = signer("k1");
-    let fetches = Arc::new(AtomicUsize::new(0));
-    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
-    let url = format!("http://{}/jwks.json", listener.local_addr().unwrap());
-    {
-        let (jwks, fetches) = (s.jwks.clone(), fetches.clone());
-        thread::spawn(move || {
-            for conn in listener.incoming().flatten() {
-                let (jwks, n) = (jwks.clone(), fetches.fetch_add(1, Ordering::SeqCst));
-                thread::spawn(move || {
-                    let mut conn = conn;
-                    let mut buf = [0u8; 2048];
-                    let _ = conn.read(&mut buf);
-                    // Quick at start-up, slow for every refetch.
-                    if n > 0 {
-                        thread::sleep(Duration::from_secs(8));
-                    }
-                    let _ = std::io::Write::write_all(
-                        &mut conn,
-                        format!("HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{jwks}", jwks.len()).as_bytes(),
-                    );
-                });
-            }
-        });
-    }
-    let extra = format!(
-        "[[jwt]]\nissuer = \"{ISSUER}\"\naudience = \"{AUDIENCE}\"\njwks_url = \"{url}\"\n"
-    );
-    let (relay, _audit, _d) = relay_with(&extra, &["user:dev@example.com"]);
+    let (url, fetches) = slow_jwks(s.jwks.clone(), s.jwks.clone(), Duration::from_secs(8));
+    let (relay, _audit, _d) = relay_with(&jwks_url_issuer(&url), &["user:dev@example.com"]);
     let t = now();
     let token = |kid: &str| {
         jwt(
@@ -560,5 +578,39 @@ fn a_slow_jwks_refetch_does_not_hold_up_known_keys() {
             2,
             "refetches stay rate-limited"
         );
+    });
+}
+
+/// A refetch slower than the handshake timeout still completes: the login that started it
+/// is dropped, but the rotated key is in place for the next one.
+#[test]
+fn a_refetch_outlives_the_handshake_that_started_it() {
+    let (first, second) = (signer("k1"), signer("k2"));
+    let key =
+        |s: &Signer| serde_json::from_str::<serde_json::Value>(&s.jwks).unwrap()["keys"][0].clone();
+    let rotated = serde_json::json!({"keys": [key(&first), key(&second)]}).to_string();
+    let (url, fetches) = slow_jwks(first.jwks.clone(), rotated, Duration::from_secs(3));
+    let extra = format!(
+        "{}[limits]\nhandshake_timeout_secs = 1\n",
+        jwks_url_issuer(&url)
+    );
+    let (relay, _audit, _d) = relay_with(&extra, &["user:dev@example.com"]);
+    let t = now();
+    let token = jwt(
+        &second,
+        "k2",
+        claims("dev@example.com", ISSUER, AUDIENCE, t + 600, t - 10),
+    );
+    runtime().block_on(async {
+        let started = Instant::now();
+        let answer = upgrade_answer(relay.addr, localhost(), &token).await;
+        assert_eq!(
+            answer, None,
+            "the first k2 login outlasts the handshake timeout"
+        );
+        // The refetch (3 s) finishes after that login was dropped (1 s).
+        tokio::time::sleep(Duration::from_secs(4).saturating_sub(started.elapsed())).await;
+        assert_eq!(upgrade_status(relay.addr, localhost(), &token).await, 101);
+        assert_eq!(fetches.load(Ordering::SeqCst), 2);
     });
 }

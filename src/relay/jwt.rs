@@ -145,10 +145,10 @@ struct Issuer {
     algorithms: Vec<Algorithm>,
     /// Write-locked only to swap in a fetched set, never across a fetch, so verification with
     /// known keys never waits for the identity provider.
-    keys: RwLock<Keys>,
+    keys: Arc<RwLock<Keys>>,
     /// Held for the length of a refetch (one in flight per issuer); holds when an unknown `kid`
     /// last caused one.
-    refetched: Mutex<Option<Instant>>,
+    refetched: Arc<Mutex<Option<Instant>>>,
 }
 
 /// Verifies JWTs from the configured issuers.
@@ -250,8 +250,8 @@ impl JwtVerifier {
             issuers.push(Issuer {
                 config,
                 algorithms,
-                keys: RwLock::new(keys),
-                refetched: Mutex::new(None),
+                keys: Arc::new(RwLock::new(keys)),
+                refetched: Arc::new(Mutex::new(None)),
             });
         }
         Ok(JwtVerifier { issuers, http })
@@ -343,9 +343,8 @@ impl JwtVerifier {
         let (Some(url), Some(http)) = (&issuer.config.jwks_url, &self.http) else {
             return Err(AuthError::UnknownKey);
         };
-        // Only callers with an unknown kid queue here, behind at most one fetch. A caller
-        // cancelled mid-fetch (handshake timeout) abandons it; the next may run 30 s later.
-        let mut refetched = issuer.refetched.lock().await;
+        // Only callers with an unknown kid queue here, behind at most one fetch.
+        let mut refetched = issuer.refetched.clone().lock_owned().await;
         if let Some(key) = lookup(&*issuer.keys.read().await) {
             // The fetch this request waited behind brought the key.
             return Ok(key);
@@ -354,16 +353,22 @@ impl JwtVerifier {
             return Err(AuthError::UnknownKey);
         }
         *refetched = Some(Instant::now());
-        let fresh = fetch_jwks(http, url)
-            .await
-            .ok()
-            .and_then(|set| keys_from(&set).ok());
-        let Some(fresh) = fresh else {
-            return Err(AuthError::UnknownKey);
-        };
-        let key = lookup(&fresh);
-        *issuer.keys.write().await = fresh;
-        key.ok_or(AuthError::UnknownKey)
+        // The fetch runs on its own task, holding the refetch lock, so a caller cancelled
+        // meanwhile (handshake timeout) neither abandons it nor lets a second one start. It
+        // ends within the HTTP client's timeout.
+        let (http, url, keys) = (http.clone(), url.clone(), issuer.keys.clone());
+        let fetch = tokio::spawn(async move {
+            let _one_at_a_time = refetched;
+            let fresh = fetch_jwks(&http, &url)
+                .await
+                .ok()
+                .and_then(|set| keys_from(&set).ok());
+            if let Some(fresh) = fresh {
+                *keys.write().await = fresh;
+            }
+        });
+        let _ = fetch.await;
+        lookup(&*issuer.keys.read().await).ok_or(AuthError::UnknownKey)
     }
 }
 
