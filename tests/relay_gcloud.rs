@@ -17,7 +17,7 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use common::*;
-use idp::{AUDIENCE, ISSUER, claims, jwt, now, signer, tokeninfo_endpoint};
+use idp::{AUDIENCE, ISSUER, claims, jwt, now, signer, tokeninfo_endpoint, tokeninfo_toml};
 
 struct Rig {
     relay: Relay,
@@ -51,9 +51,8 @@ fn rig() -> Option<Rig> {
 issuer = "{ISSUER}"
 audience = "{AUDIENCE}"
 jwks_file = {jwks}
-[tokeninfo]
-url = {tokeninfo}
-[[dest_groups]]
+allowed_domains = ["example.com"]
+{tokeninfo}[[dest_groups]]
 project = "{PROJECT}"
 region = "test-region"
 name = "loopback"
@@ -70,7 +69,7 @@ resource = "projects/{PROJECT}/iap_tunnel/locations/test-region/destGroups/loopb
 ports = [{port}]
 "#,
         jwks = q(&jwks.display().to_string()),
-        tokeninfo = q(&tokeninfo_endpoint("ya29.tokeninfo-test-token")),
+        tokeninfo = tokeninfo_toml(&tokeninfo_endpoint("ya29.tokeninfo-test-token")),
         port = sshd.port,
     );
     let relay = spawn_relay(&RelaySpec {

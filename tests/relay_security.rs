@@ -26,7 +26,9 @@ use iap_ssh::client::auth::Token;
 use iap_ssh::client::dial::{Dialer, Endpoint, tls_config};
 use iap_ssh::close::ExitKind;
 use iap_ssh::frame::Frame;
-use idp::{AUDIENCE, ISSUER, Signer, b64, claims, jwt, now, signer, tokeninfo_endpoint};
+use idp::{
+    AUDIENCE, ISSUER, Signer, b64, claims, jwt, now, signer, tokeninfo_endpoint, tokeninfo_toml,
+};
 use jsonwebtoken::{Algorithm, EncodingKey, Header};
 use tokio_tungstenite::tungstenite::Message;
 
@@ -64,9 +66,8 @@ fn setup(extra: &str) -> Setup {
 issuer = "{ISSUER}"
 audience = "{AUDIENCE}"
 jwks_file = {jwks}
-[tokeninfo]
-url = {tokeninfo}
-[[groups]]
+allowed_domains = ["example.com"]
+{tokeninfo}[[groups]]
 name = "group:ops"
 members = ["user:jwt-user@example.com", "user:tina@example.com"]
 [[dest_groups]]
@@ -92,7 +93,7 @@ expires = 2020-01-01T00:00:00Z
 "#,
         audit = q(&audit.display().to_string()),
         jwks = q(&dir.path().join("jwks.json").display().to_string()),
-        tokeninfo = q(&tokeninfo),
+        tokeninfo = tokeninfo_toml(&tokeninfo),
     );
     let spec = RelaySpec {
         tokens: vec![

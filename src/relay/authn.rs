@@ -7,6 +7,7 @@
 //! a token or a value derived from one.
 
 use std::fmt;
+use std::net::IpAddr;
 use std::sync::Arc;
 use std::time::SystemTime;
 
@@ -51,6 +52,17 @@ pub enum AuthError {
     BadSignature,
     /// Valid, but names nobody.
     NoIdentity,
+    /// Names someone by an email address the issuer has not verified.
+    EmailNotVerified,
+    /// Names someone outside the domains or prefixes its issuer may assert.
+    OutsideIssuer,
+    /// A token-info answer for an OAuth client outside `allowed_client_ids`.
+    WrongClient,
+    /// A token-info answer without every one of `required_scopes`.
+    MissingScope,
+    /// Refused without a lookup: this address asked too often, or too many lookups are
+    /// already in flight.
+    Throttled,
     /// No method knows this token.
     UnknownToken,
     /// The token-info endpoint could not be asked.
@@ -71,6 +83,11 @@ impl AuthError {
             AuthError::UnknownKey => "unknown_key",
             AuthError::BadSignature => "bad_signature",
             AuthError::NoIdentity => "no_identity",
+            AuthError::EmailNotVerified => "email_not_verified",
+            AuthError::OutsideIssuer => "identity_outside_issuer",
+            AuthError::WrongClient => "wrong_client",
+            AuthError::MissingScope => "missing_scope",
+            AuthError::Throttled => "throttled",
             AuthError::UnknownToken => "unknown_token",
             AuthError::Unavailable(_) => "unavailable",
         }
@@ -102,11 +119,12 @@ fn looks_like_jwt(token: &str) -> bool {
 }
 
 impl Authenticator {
-    /// Who `token` belongs to.
+    /// Who `token`, presented from `client`, belongs to. The address bounds how many
+    /// token-info lookups one source can cause.
     ///
     /// # Errors
     /// Why it was refused.
-    pub async fn authenticate(&self, token: &str) -> Result<Identity, AuthError> {
+    pub async fn authenticate(&self, token: &str, client: IpAddr) -> Result<Identity, AuthError> {
         if let Some(jwt) = &self.jwt
             && looks_like_jwt(token)
         {
@@ -120,7 +138,7 @@ impl Authenticator {
             });
         }
         match &self.tokeninfo {
-            Some(info) => info.verify(token).await,
+            Some(info) => info.verify(token, client).await,
             None => Err(AuthError::UnknownToken),
         }
     }

@@ -323,6 +323,10 @@ impl RelayConfig {
             .map(|c| Cidr::parse(c))
             .collect::<anyhow::Result<Vec<_>>>()
             .context("trusted_proxies")?;
+        if let Some(tokeninfo) = &file.tokeninfo {
+            tokeninfo.check().context("[tokeninfo]")?;
+        }
+        super::jwt::check_issuers(&file.jwt, file.tokeninfo.is_some())?;
         let mut jwt = file.jwt;
         for issuer in &mut jwt {
             issuer.jwks_file = issuer.jwks_file.take().map(|f| base.join(f));
@@ -594,6 +598,102 @@ ports = [22]
 }
 
 #[cfg(test)]
+mod identity_sources {
+    use super::*;
+
+    const BASE: &str = "listen = \"127.0.0.1:0\"\n";
+    const TOKENINFO: &str = "[tokeninfo]\nurl = \"http://127.0.0.1:1/ti\"\nallowed_client_ids = [\"c1\"]\nrequired_scopes = [\"s1\"]\n";
+
+    fn issuer(name: &str, limit: &str) -> String {
+        format!("[[jwt]]\nissuer = \"{name}\"\naudience = \"a\"\njwks_file = \"j.json\"\n{limit}\n")
+    }
+
+    fn error(text: &str) -> String {
+        format!(
+            "{:#}",
+            RelayConfig::parse(text, Path::new(".")).unwrap_err()
+        )
+    }
+
+    #[test]
+    fn tokeninfo_needs_clients_and_scopes() {
+        let ok = format!("{BASE}{TOKENINFO}");
+        RelayConfig::parse(&ok, Path::new(".")).unwrap();
+        for (text, want) in [
+            (
+                ok.replace("allowed_client_ids = [\"c1\"]\n", ""),
+                "[tokeninfo]: allowed_client_ids must list",
+            ),
+            (
+                ok.replace("[\"c1\"]", "[\"\"]"),
+                "[tokeninfo]: allowed_client_ids must list",
+            ),
+            (
+                ok.replace("required_scopes = [\"s1\"]\n", ""),
+                "[tokeninfo]: required_scopes must list",
+            ),
+            (
+                ok.replace("http://127.0.0.1:1/ti", "http://example.com/ti"),
+                "must be an https:// URL",
+            ),
+        ] {
+            let err = error(&text);
+            assert!(err.contains(want), "expected {want:?} in {err}");
+            assert!(!err.contains('\n'), "one line: {err}");
+        }
+    }
+
+    #[test]
+    fn issuers_beside_another_source_must_be_confined() {
+        let one = format!("{BASE}{}", issuer("https://a", ""));
+        RelayConfig::parse(&one, Path::new(".")).unwrap();
+        let two = format!(
+            "{BASE}{}{}",
+            issuer("https://a", ""),
+            issuer("https://ci", "")
+        );
+        let err = error(&two);
+        assert!(
+            err.contains("jwt[0] (issuer \"https://a\"): set allowed_domains"),
+            "{err}"
+        );
+        let with_tokeninfo = format!("{BASE}{TOKENINFO}{}", issuer("https://a", ""));
+        assert!(error(&with_tokeninfo).contains("set allowed_domains"));
+        let confined = format!(
+            "{BASE}{TOKENINFO}{}{}",
+            issuer("https://a", "allowed_domains = [\"example.com\"]"),
+            issuer(
+                "https://ci",
+                "allowed_principal_prefixes = [\"user:repo:my-org/\"]"
+            )
+        );
+        RelayConfig::parse(&confined, Path::new(".")).unwrap();
+        for (limit, want) in [
+            (
+                "allowed_domains = [\"@example.com\"]",
+                "must be a plain domain",
+            ),
+            (
+                "allowed_domains = [\"*.example.com\"]",
+                "must be a plain domain",
+            ),
+            ("allowed_domains = [\"com\"]", "must be a plain domain"),
+            (
+                "allowed_principal_prefixes = [\"user:\"]",
+                "must start with user: or serviceAccount:",
+            ),
+            (
+                "allowed_principal_prefixes = [\"group:x\"]",
+                "must start with user: or serviceAccount:",
+            ),
+        ] {
+            let err = error(&format!("{BASE}{}", issuer("https://a", limit)));
+            assert!(err.contains(want), "expected {want:?} in {err}");
+        }
+    }
+}
+
+#[cfg(test)]
 mod example {
     use super::*;
 
@@ -605,5 +705,28 @@ mod example {
         assert_eq!(config.policy.bindings.len(), 2);
         assert_eq!(config.jwt.len(), 1);
         assert!(config.admin_listen.is_some());
+    }
+
+    /// The commented `[tokeninfo]` block, once uncommented, is complete.
+    #[test]
+    fn shipped_tokeninfo_example_parses() {
+        let text = include_str!("../../deploy/relay.toml.example");
+        let start = text.find("# [tokeninfo]").unwrap();
+        let block: String = text[start..]
+            .lines()
+            .take_while(|l| l.starts_with('#'))
+            .filter_map(|l| l.strip_prefix("# "))
+            .filter(|l| !l.starts_with('#'))
+            .map(|l| format!("{l}\n"))
+            .collect();
+        assert!(block.contains("required_scopes"), "{block}");
+        // At the end, so the table swallows none of the keys that follow it in the file.
+        let text = format!("{text}\n{block}");
+        let config = RelayConfig::parse(&text, Path::new("/etc/iap-relay")).unwrap();
+        let tokeninfo = config.tokeninfo.unwrap();
+        assert_eq!(
+            tokeninfo.required_scopes,
+            ["https://www.googleapis.com/auth/cloud-platform"]
+        );
     }
 }

@@ -2,18 +2,22 @@
 //! an HTTPS URL: issuer, audience, expiry and not-before with a small leeway, and an algorithm
 //! allow-list per issuer (asymmetric algorithms only, so an HMAC token "signed" with a public
 //! key is refused, and `none` does not exist here).
+//!
+//! Every issuer writes into the same `user:`/`serviceAccount:` namespace, so with more than one
+//! identity source each issuer is confined to the domains or principal prefixes it may assert;
+//! otherwise any issuer could name anyone. An `email` identity must carry `email_verified`.
 
 use std::collections::HashMap;
 use std::path::PathBuf;
 use std::sync::Arc;
-use std::time::{Duration, Instant, UNIX_EPOCH};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use anyhow::{Context, bail};
 use base64::Engine;
 use jsonwebtoken::jwk::JwkSet;
 use jsonwebtoken::{Algorithm, DecodingKey, Validation, decode, decode_header};
 use serde::Deserialize;
-use tokio::sync::RwLock;
+use tokio::sync::{Mutex, RwLock};
 
 use super::authn::{AuthError, Identity};
 use super::http::HttpClient;
@@ -45,6 +49,77 @@ pub struct JwtIssuerConfig {
     /// Seconds of clock skew tolerated on `exp` and `nbf`.
     #[serde(default = "default_leeway")]
     pub leeway_secs: u64,
+    /// Email domains this issuer may assert (`NAME@DOMAIN`, exact, any case).
+    #[serde(default)]
+    pub allowed_domains: Vec<String>,
+    /// Principal prefixes this issuer may assert, e.g. `user:repo:my-org/` for a CI issuer
+    /// whose identities are not email addresses.
+    #[serde(default)]
+    pub allowed_principal_prefixes: Vec<String>,
+}
+
+impl JwtIssuerConfig {
+    fn is_confined(&self) -> bool {
+        !self.allowed_domains.is_empty() || !self.allowed_principal_prefixes.is_empty()
+    }
+
+    /// Whether this issuer may assert `principal`, whose name part is `name`.
+    fn may_assert(&self, name: &str, principal: &str) -> bool {
+        if !self.is_confined() {
+            return true;
+        }
+        let domain_ok = name.rsplit_once('@').is_some_and(|(local, domain)| {
+            !local.is_empty()
+                && self
+                    .allowed_domains
+                    .iter()
+                    .any(|d| d.eq_ignore_ascii_case(domain))
+        });
+        domain_ok
+            || self
+                .allowed_principal_prefixes
+                .iter()
+                .any(|p| principal.starts_with(p.as_str()))
+    }
+}
+
+/// Checks the `[[jwt]]` entries as a whole; `tokeninfo` says whether Google access tokens are
+/// also accepted (another source of `user:` names).
+///
+/// # Errors
+/// A one-line message naming the entry and the setting.
+pub fn check_issuers(configs: &[JwtIssuerConfig], tokeninfo: bool) -> anyhow::Result<()> {
+    let sources = configs.len() + usize::from(tokeninfo);
+    for (i, config) in configs.iter().enumerate() {
+        let what = format!("jwt[{i}] (issuer {:?})", config.issuer);
+        for domain in &config.allowed_domains {
+            if domain.is_empty()
+                || domain.contains(['@', '*', ' '])
+                || domain.starts_with('.')
+                || !domain.contains('.')
+            {
+                bail!(
+                    "{what}: allowed_domains entry {domain:?} must be a plain domain such as \"example.com\""
+                );
+            }
+        }
+        for prefix in &config.allowed_principal_prefixes {
+            if !["user:", "serviceAccount:"]
+                .iter()
+                .any(|p| prefix.starts_with(p) && prefix.len() > p.len())
+            {
+                bail!(
+                    "{what}: allowed_principal_prefixes entry {prefix:?} must start with user: or serviceAccount: and name more than that"
+                );
+            }
+        }
+        if sources > 1 && !config.is_confined() {
+            bail!(
+                "{what}: set allowed_domains (or allowed_principal_prefixes): with more than one identity source ([[jwt]] issuers, [tokeninfo]) each issuer must be limited to the names it may assert"
+            );
+        }
+    }
+    Ok(())
 }
 
 fn default_algorithms() -> Vec<String> {
@@ -63,14 +138,17 @@ struct Keys {
     by_kid: HashMap<String, DecodingKey>,
     /// Keys without a `kid`, tried only for tokens without one.
     anonymous: Vec<DecodingKey>,
-    /// When an unknown `kid` last caused a refetch.
-    refetched: Option<Instant>,
 }
 
 struct Issuer {
     config: JwtIssuerConfig,
     algorithms: Vec<Algorithm>,
-    keys: RwLock<Keys>,
+    /// Write-locked only to swap in a fetched set, never across a fetch, so verification with
+    /// known keys never waits for the identity provider.
+    keys: Arc<RwLock<Keys>>,
+    /// Held for the length of a refetch (one in flight per issuer); holds when an unknown `kid`
+    /// last caused one.
+    refetched: Arc<Mutex<Option<Instant>>>,
 }
 
 /// Verifies JWTs from the configured issuers.
@@ -129,11 +207,7 @@ fn keys_from(set: &JwkSet) -> anyhow::Result<Keys> {
     if by_kid.is_empty() && anonymous.is_empty() {
         bail!("the JWKS holds no usable public key");
     }
-    Ok(Keys {
-        by_kid,
-        anonymous,
-        refetched: None,
-    })
+    Ok(Keys { by_kid, anonymous })
 }
 
 impl JwtVerifier {
@@ -176,7 +250,8 @@ impl JwtVerifier {
             issuers.push(Issuer {
                 config,
                 algorithms,
-                keys: RwLock::new(keys),
+                keys: Arc::new(RwLock::new(keys)),
+                refetched: Arc::new(Mutex::new(None)),
             });
         }
         Ok(JwtVerifier { issuers, http })
@@ -225,18 +300,27 @@ impl JwtVerifier {
             }
         })?;
         let claims = data.claims;
-        let name = claims
-            .get(&issuer.config.identity_claim)
-            .or_else(|| claims.get("sub"))
-            .and_then(|v| v.as_str())
-            .filter(|s| !s.is_empty())
-            .ok_or(AuthError::NoIdentity)?;
-        let expires_at = claims
-            .get("exp")
-            .and_then(serde_json::Value::as_u64)
-            .map(|secs| UNIX_EPOCH + Duration::from_secs(secs));
+        // jsonwebtoken rounds a fractional `exp` and skips an `nbf` it cannot parse, so both
+        // are read again here: the session's 4004 deadline comes from this `exp`.
+        let expires_at = numeric_date(&claims, "exp")?;
+        numeric_date(&claims, "nbf")?;
+        let config = &issuer.config;
+        let (name, claim) = match claim_str(&claims, &config.identity_claim) {
+            Some(name) => (name, config.identity_claim.as_str()),
+            None => (
+                claim_str(&claims, "sub").ok_or(AuthError::NoIdentity)?,
+                "sub",
+            ),
+        };
+        if claim == "email" && !is_true(claims.get("email_verified")) {
+            return Err(AuthError::EmailNotVerified);
+        }
+        let principal = principal_for(name);
+        if !config.may_assert(name, &principal) {
+            return Err(AuthError::OutsideIssuer);
+        }
         Ok(Identity {
-            principal: principal_for(name),
+            principal,
             expires_at,
             method: "jwt",
         })
@@ -259,24 +343,32 @@ impl JwtVerifier {
         let (Some(url), Some(http)) = (&issuer.config.jwks_url, &self.http) else {
             return Err(AuthError::UnknownKey);
         };
-        let mut keys = issuer.keys.write().await;
-        if let Some(key) = lookup(&keys) {
-            // Another request refetched while this one waited for the lock.
+        // Only callers with an unknown kid queue here, behind at most one fetch.
+        let mut refetched = issuer.refetched.clone().lock_owned().await;
+        if let Some(key) = lookup(&*issuer.keys.read().await) {
+            // The fetch this request waited behind brought the key.
             return Ok(key);
         }
-        if keys
-            .refetched
-            .is_none_or(|t| t.elapsed() >= JWKS_REFRESH_MIN)
-        {
-            keys.refetched = Some(Instant::now());
-            if let Ok(set) = fetch_jwks(http, url).await
-                && let Ok(mut fresh) = keys_from(&set)
-            {
-                fresh.refetched = keys.refetched;
-                *keys = fresh;
-            }
+        if refetched.is_some_and(|t| t.elapsed() < JWKS_REFRESH_MIN) {
+            return Err(AuthError::UnknownKey);
         }
-        lookup(&keys).ok_or(AuthError::UnknownKey)
+        *refetched = Some(Instant::now());
+        // The fetch runs on its own task, holding the refetch lock, so a caller cancelled
+        // meanwhile (handshake timeout) neither abandons it nor lets a second one start. It
+        // ends within the HTTP client's timeout.
+        let (http, url, keys) = (http.clone(), url.clone(), issuer.keys.clone());
+        let fetch = tokio::spawn(async move {
+            let _one_at_a_time = refetched;
+            let fresh = fetch_jwks(&http, &url)
+                .await
+                .ok()
+                .and_then(|set| keys_from(&set).ok());
+            if let Some(fresh) = fresh {
+                *keys.write().await = fresh;
+            }
+        });
+        let _ = fetch.await;
+        lookup(&*issuer.keys.read().await).ok_or(AuthError::UnknownKey)
     }
 }
 
@@ -286,6 +378,34 @@ async fn fetch_jwks(http: &HttpClient, url: &str) -> anyhow::Result<JwkSet> {
         bail!("fetching the JWKS: HTTP {status}");
     }
     serde_json::from_slice(&body).context("the JWKS document is not a JWK set")
+}
+
+fn claim_str<'a>(claims: &'a serde_json::Value, name: &str) -> Option<&'a str> {
+    claims
+        .get(name)
+        .and_then(serde_json::Value::as_str)
+        .filter(|s| !s.is_empty())
+}
+
+/// `true` or `"true"` (some providers send booleans as strings).
+fn is_true(value: Option<&serde_json::Value>) -> bool {
+    value.is_some_and(|v| v.as_bool() == Some(true) || v.as_str() == Some("true"))
+}
+
+/// A NumericDate claim (RFC 7519: seconds since the epoch, fractions allowed), if present.
+fn numeric_date(claims: &serde_json::Value, name: &str) -> Result<Option<SystemTime>, AuthError> {
+    let Some(value) = claims.get(name) else {
+        return Ok(None);
+    };
+    let secs = value
+        .as_f64()
+        .filter(|s| s.is_finite() && *s >= 0.0)
+        .ok_or(AuthError::Malformed)?;
+    let since_epoch = Duration::try_from_secs_f64(secs).map_err(|_| AuthError::Malformed)?;
+    UNIX_EPOCH
+        .checked_add(since_epoch)
+        .map(Some)
+        .ok_or(AuthError::Malformed)
 }
 
 /// The `iss` claim read without verification, only to pick the issuer whose keys then verify
@@ -305,5 +425,94 @@ pub fn principal_for(name: &str) -> String {
         format!("serviceAccount:{name}")
     } else {
         format!("user:{name}")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn issuer(domains: &[&str], prefixes: &[&str]) -> JwtIssuerConfig {
+        JwtIssuerConfig {
+            issuer: "https://i".into(),
+            audience: "a".into(),
+            jwks_file: None,
+            jwks_url: None,
+            algorithms: default_algorithms(),
+            identity_claim: default_claim(),
+            leeway_secs: default_leeway(),
+            allowed_domains: domains.iter().map(|d| (*d).to_owned()).collect(),
+            allowed_principal_prefixes: prefixes.iter().map(|p| (*p).to_owned()).collect(),
+        }
+    }
+
+    fn may(config: &JwtIssuerConfig, name: &str) -> bool {
+        config.may_assert(name, &principal_for(name))
+    }
+
+    #[test]
+    fn issuers_assert_only_their_domains_and_prefixes() {
+        let open = issuer(&[], &[]);
+        assert!(may(&open, "anyone@anywhere.test"));
+        let corp = issuer(&["example.com"], &[]);
+        assert!(may(&corp, "alice@example.com"));
+        assert!(may(&corp, "alice@EXAMPLE.com"));
+        for name in [
+            "alice@sub.example.com",
+            "alice@example.com.evil.test",
+            "alice@evilexample.com",
+            "@example.com",
+            "example.com",
+            "alice@example.com@evil.test",
+            "1234",
+        ] {
+            assert!(!may(&corp, name), "{name}");
+        }
+        let ci = issuer(&[], &["user:repo:my-org/"]);
+        assert!(may(&ci, "repo:my-org/infra:ref:refs/heads/main"));
+        assert!(!may(&ci, "repo:other-org/x"));
+        assert!(!may(&ci, "alice@example.com"));
+    }
+
+    #[test]
+    fn numeric_dates_allow_fractions_and_refuse_nonsense() {
+        let at = |v: serde_json::Value| numeric_date(&json!({ "exp": v }), "exp");
+        assert_eq!(
+            at(json!(10)),
+            Ok(Some(UNIX_EPOCH + Duration::from_secs(10)))
+        );
+        assert_eq!(
+            at(json!(10.5)),
+            Ok(Some(UNIX_EPOCH + Duration::from_millis(10_500)))
+        );
+        assert_eq!(numeric_date(&json!({}), "exp"), Ok(None));
+        for bad in [
+            json!(-1),
+            json!(-0.5),
+            json!("10"),
+            json!(null),
+            json!(true),
+            json!(1e300),
+            json!([10]),
+        ] {
+            assert_eq!(at(bad.clone()), Err(AuthError::Malformed), "{bad}");
+        }
+    }
+
+    #[test]
+    fn email_verified_is_true_or_the_string_true() {
+        assert!(is_true(Some(&json!(true))));
+        assert!(is_true(Some(&json!("true"))));
+        for v in [
+            json!(false),
+            json!("false"),
+            json!("yes"),
+            json!(1),
+            json!(null),
+        ] {
+            assert!(!is_true(Some(&v)), "{v}");
+        }
+        assert!(!is_true(None));
     }
 }

@@ -13,6 +13,7 @@ pub mod metrics;
 pub mod policy;
 pub mod server;
 pub mod sessions;
+pub mod throttle;
 pub mod tls;
 pub mod tokeninfo;
 pub mod upgrade;

@@ -503,7 +503,7 @@ async fn upgrade(
         .to_owned();
     let identity = match token.as_str() {
         "" => Err(AuthError::Missing),
-        token => state.auth.authenticate(token).await,
+        token => state.auth.authenticate(token, client).await,
     };
     // A principal is shown in logs and matched against bindings: one carrying controls or
     // invisible marks (an email claim with a newline) is no identity at all.
@@ -735,7 +735,7 @@ async fn handle(
     // must pass the new configuration's authentication too.
     let state = relay.state();
     if !Arc::ptr_eq(&state, &accepted_with) {
-        let again = state.auth.authenticate(&caller.token).await;
+        let again = state.auth.authenticate(&caller.token, caller.client).await;
         if !again
             .as_ref()
             .is_ok_and(|id| id.principal == caller.identity.principal)

@@ -2,8 +2,11 @@
 //! endpoint on loopback.
 #![allow(dead_code)]
 
+use std::collections::HashMap;
 use std::io::{Read, Write};
 use std::net::TcpListener;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::thread;
 use std::time::{SystemTime, UNIX_EPOCH};
 
@@ -52,28 +55,62 @@ pub fn jwt(signer: &Signer, kid: &str, claims: serde_json::Value) -> String {
 }
 
 pub fn claims(email: &str, iss: &str, aud: &str, exp: u64, nbf: u64) -> serde_json::Value {
-    serde_json::json!({"iss": iss, "aud": aud, "exp": exp, "nbf": nbf, "iat": now(), "email": email, "sub": "1234"})
+    serde_json::json!({"iss": iss, "aud": aud, "exp": exp, "nbf": nbf, "iat": now(), "email": email, "email_verified": true, "sub": "1234"})
 }
 
-/// A token-info endpoint: `good` is Tina's token, anything else is refused.
-pub fn tokeninfo_endpoint(good: &'static str) -> String {
+/// The OAuth client the test relays accept access tokens from.
+pub const CLIENT_ID: &str = "iap-relay-test.apps.googleusercontent.com";
+/// The scope the test relays require.
+pub const CLOUD_PLATFORM: &str = "https://www.googleapis.com/auth/cloud-platform";
+
+/// A `[tokeninfo]` table for the endpoint at `url`, accepting [`CLIENT_ID`] with
+/// [`CLOUD_PLATFORM`].
+pub fn tokeninfo_toml(url: &str) -> String {
+    format!(
+        "[tokeninfo]\nurl = {}\nallowed_client_ids = [\"{CLIENT_ID}\"]\nrequired_scopes = [\"{CLOUD_PLATFORM}\"]\n",
+        serde_json::to_string(url).unwrap()
+    )
+}
+
+/// A token-info answer as Google's endpoint gives it for an access token.
+pub fn tokeninfo_answer(email: &str, client: &str, scope: &str) -> serde_json::Value {
+    serde_json::json!({"azp": client, "aud": client, "scope": scope, "email": email,
+        "email_verified": "true", "expires_in": "3600", "exp": (now() + 3600).to_string()})
+}
+
+/// A running token-info stand-in.
+pub struct TokenInfoServer {
+    /// Its URL.
+    pub url: String,
+    /// Requests it has answered.
+    pub lookups: Arc<AtomicUsize>,
+}
+
+/// A token-info endpoint answering `answers` (token → JSON) with 200 and anything else with
+/// 400, counting every request.
+pub fn tokeninfo_server(answers: Vec<(String, serde_json::Value)>) -> TokenInfoServer {
     let listener = TcpListener::bind("127.0.0.1:0").unwrap();
     let addr = listener.local_addr().unwrap();
+    let lookups = Arc::new(AtomicUsize::new(0));
+    let answers: HashMap<String, String> = answers
+        .into_iter()
+        .map(|(token, answer)| (token, answer.to_string()))
+        .collect();
+    let count = lookups.clone();
     thread::spawn(move || {
         for conn in listener.incoming().flatten() {
             let mut conn = conn;
             let mut buf = [0u8; 4096];
             let n = conn.read(&mut buf).unwrap_or(0);
+            count.fetch_add(1, Ordering::SeqCst);
             let head = String::from_utf8_lossy(&buf[..n]);
-            let ok = head.contains(&format!("access_token={good} "))
-                || head.contains(&format!("access_token={good}&"));
-            let (status, body) = if ok {
-                (
-                    "200 OK",
-                    r#"{"email":"tina@example.com","email_verified":"true","expires_in":"3600"}"#,
-                )
-            } else {
-                ("400 Bad Request", r#"{"error":"invalid_token"}"#)
+            let token = head
+                .split_once("access_token=")
+                .and_then(|(_, rest)| rest.split([' ', '&']).next())
+                .unwrap_or_default();
+            let (status, body) = match answers.get(token) {
+                Some(body) => ("200 OK", body.clone()),
+                None => ("400 Bad Request", r#"{"error":"invalid_token"}"#.to_owned()),
             };
             let _ = write!(
                 conn,
@@ -82,5 +119,18 @@ pub fn tokeninfo_endpoint(good: &'static str) -> String {
             );
         }
     });
-    format!("http://{addr}/tokeninfo")
+    TokenInfoServer {
+        url: format!("http://{addr}/tokeninfo"),
+        lookups,
+    }
+}
+
+/// A token-info endpoint: `good` is Tina's token (issued to [`CLIENT_ID`] with
+/// [`CLOUD_PLATFORM`]), anything else is refused.
+pub fn tokeninfo_endpoint(good: &'static str) -> String {
+    tokeninfo_server(vec![(
+        good.to_owned(),
+        tokeninfo_answer("tina@example.com", CLIENT_ID, CLOUD_PLATFORM),
+    )])
+    .url
 }
