@@ -18,19 +18,20 @@ use iap_ssh::client::{Options, check, listen, stdio};
 use iap_ssh::close::ExitKind;
 use tokio_util::sync::CancellationToken;
 
-/// tunnel ssh (or any tcp) through Identity-Aware Proxy TCP forwarding. stdin/stdout carry the
-/// connection, so it works as an ssh ProxyCommand:
-///   ssh -o ProxyCommand='iap-ssh %h %p' vm-1.us-central1-a.my-project.iap
-/// or, with --listen, a local port serves many connections: iap-ssh --listen 127.0.0.1:0 vm-1.z.p 3389
-/// HOST is INSTANCE[.ZONE[.PROJECT]] with an optional .iap suffix, or an IP address or FQDN
-/// with --region and --network. Project and zone: HOST, --project/--zone,
-/// CLOUDSDK_CORE_PROJECT/CLOUDSDK_COMPUTE_ZONE, the active gcloud configuration
-/// (CLOUDSDK_CONFIG), the service-account key's project_id. Other environment:
-/// CLOUDSDK_AUTH_ACCESS_TOKEN_FILE, GOOGLE_APPLICATION_CREDENTIALS, HTTPS_PROXY, NO_PROXY,
-/// XDG_CACHE_HOME (token cache), RUST_LOG.
-/// Exit status: 0 ok, 1 other failure, 2 usage, 3 authentication, 4 not authorized (4033),
-/// 5 not found (4047), 6 backend unreachable (4003).
+/// tunnel ssh (or any TCP) through Identity-Aware Proxy TCP forwarding
 #[derive(FromArgs, Debug)]
+#[argh(
+    example = "As an ssh ProxyCommand (stdin and stdout are the tunnel):\n  ssh -o ProxyCommand='iap-ssh %h %p' vm-1.us-central1-a.my-project.iap\n  ssh -o ProxyCommand='iap-ssh --project my-project --zone us-central1-a %h %p' vm-1",
+    example = "A local port, one tunnel per connection (RDP, databases):\n  iap-ssh --listen 127.0.0.1:0 vm-1.us-central1-a.my-project 3389",
+    example = "Check a tunnel, or write a Host block for ~/.ssh/config:\n  iap-ssh --check vm-1.us-central1-a.my-project 22\n  iap-ssh --print-ssh-config --project my-project >> ~/.ssh/config",
+    note = "HOST is INSTANCE[.ZONE[.PROJECT]] with an optional suffix (--host-suffix, default .iap),\nor an IP address or DNS name with --region and --network.\n\nProject and zone, first found: HOST, --project and --zone, CLOUDSDK_CORE_PROJECT and\nCLOUDSDK_COMPUTE_ZONE, the active gcloud configuration (CLOUDSDK_CONFIG), the key file.\n\nEnvironment: CLOUDSDK_AUTH_ACCESS_TOKEN_FILE, GOOGLE_APPLICATION_CREDENTIALS, HTTPS_PROXY,\nNO_PROXY, XDG_CACHE_HOME (token cache), RUST_LOG.",
+    error_code(1, "other failure"),
+    error_code(2, "usage"),
+    error_code(3, "authentication"),
+    error_code(4, "not authorized (4033)"),
+    error_code(5, "not found (4047)"),
+    error_code(6, "backend unreachable (4003)")
+)]
 struct Args {
     /// project of the instance (default: from HOST, CLOUDSDK_CORE_PROJECT, gcloud config)
     #[argh(option)]
@@ -308,21 +309,72 @@ fn run_listen(config: TunnelConfig, addr: SocketAddr, startup_check: bool) -> Ex
     }
 }
 
+/// The program name for a printed ProxyCommand: `iap-ssh` when `PATH` finds this very
+/// binary (the block then survives upgrades and moves), else the absolute path.
+fn program_for_ssh_config() -> String {
+    let exe = std::env::current_exe().ok();
+    let this = exe.as_ref().and_then(|p| std::fs::canonicalize(p).ok());
+    let on_path = env("PATH").into_iter().flat_map(|path| {
+        std::env::split_paths(&path)
+            .map(|dir| dir.join("iap-ssh"))
+            .collect::<Vec<_>>()
+    });
+    for candidate in on_path {
+        if let Ok(found) = std::fs::canonicalize(&candidate) {
+            // The first iap-ssh on PATH is the one ssh would run.
+            if this.as_ref() == Some(&found) {
+                return "iap-ssh".to_owned();
+            }
+            break;
+        }
+    }
+    exe.and_then(|p| p.to_str().map(str::to_owned))
+        .unwrap_or_else(|| "iap-ssh".to_owned())
+}
+
 fn print_ssh_config(args: &Args) -> ExitCode {
-    let program = std::env::current_exe()
-        .ok()
-        .and_then(|p| p.to_str().map(str::to_owned))
-        .unwrap_or_else(|| "iap-ssh".to_owned());
-    let mut options = Vec::new();
+    // Everything given is either carried into the block or refused: nothing is dropped.
+    let refuse = |what: &str| {
+        fail(
+            ExitKind::Usage,
+            &format!("--print-ssh-config does not go with {what}"),
+        )
+    };
+    if !args.destination.is_empty() {
+        return fail(
+            ExitKind::Usage,
+            "--print-ssh-config prints a block for every HOST: drop HOST PORT (ssh fills in %h %p)",
+        );
+    }
+    if args.check {
+        return refuse("--check (one mode at a time)");
+    }
+    if args.listen.is_some() || args.no_check {
+        return refuse("--listen or --no-check (a ProxyCommand uses stdin and stdout)");
+    }
+    let mut options: Vec<(String, Option<String>)> = Vec::new();
     let mut add = |flag: &str, value: Option<String>| {
         if let Some(v) = value {
-            options.push((flag.to_owned(), v));
+            options.push((flag.to_owned(), Some(v)));
         }
     };
-    let path = |p: &Option<PathBuf>| p.as_ref().map(|p| p.display().to_string());
+    // ssh runs the ProxyCommand in its own working directory: paths become absolute.
+    let cwd = std::env::current_dir().ok();
+    let path = |p: &Option<PathBuf>| {
+        p.as_ref().map(|p| match &cwd {
+            Some(cwd) if p.is_relative() => cwd.join(p).display().to_string(),
+            _ => p.display().to_string(),
+        })
+    };
     add("--project", args.project.clone());
     add("--zone", args.zone.clone());
     add("--interface", args.interface.clone());
+    add("--region", args.region.clone());
+    add("--network", args.network.clone());
+    add("--dest-group", args.dest_group.clone());
+    if args.host_suffix != ".iap" {
+        add("--host-suffix", Some(args.host_suffix.clone()));
+    }
     add("--endpoint", args.endpoint.clone());
     add("--ca-file", path(&args.ca_file));
     add("--client-cert", path(&args.client_cert));
@@ -330,11 +382,18 @@ fn print_ssh_config(args: &Args) -> ExitCode {
     add("--proxy", args.proxy.clone());
     add("--access-token-file", path(&args.access_token_file));
     add("--credentials-file", path(&args.credentials_file));
-    if args.host_suffix != ".iap" {
-        add("--host-suffix", Some(args.host_suffix.clone()));
+    add(
+        "--resume-timeout",
+        args.resume_timeout.map(|s| s.to_string()),
+    );
+    if args.no_token_cache {
+        options.push(("--no-token-cache".to_owned(), None));
+    }
+    for _ in 0..args.verbose {
+        options.push(("-v".to_owned(), None));
     }
     let block = SshConfigBlock {
-        program,
+        program: program_for_ssh_config(),
         suffix: args.host_suffix.clone(),
         options,
     };

@@ -223,6 +223,30 @@ fn resolve_instance(
         ));
     }
     Rule::Instance.check("instance name", instance, "HOST")?;
+    // A project part with a dot outside a domain-scoped id is not a project: the HOST has
+    // more parts than INSTANCE.ZONE.PROJECT, or ends in a suffix other than --host-suffix.
+    if let Some(project) = project_part
+        && Rule::Project.check("project", project, "HOST").is_err()
+    {
+        let suffix = &args.suffix;
+        let shown_suffix = if suffix.is_empty() {
+            "no suffix".to_owned()
+        } else {
+            format!("the suffix \"{}\"", suffix.escape_debug())
+        };
+        let hint = match project.rsplit_once('.') {
+            Some((_, tail)) if !tail.is_empty() && !tail.contains(':') => format!(
+                "; if \".{}\" is a suffix, pass --host-suffix .{}",
+                tail.escape_debug(),
+                tail.escape_debug()
+            ),
+            _ => String::new(),
+        };
+        return fail(format!(
+            "HOST {shown} does not match INSTANCE[.ZONE[.PROJECT]] with {shown_suffix}: \"{}\" is not a project id (e.g. my-project or example.com:my-project){hint}",
+            project.escape_debug()
+        ));
+    }
     let in_host = Some((zone_part, format!("{instance}.ZONE.PROJECT")));
     let zone = sources.find("zone", instance, ("--zone", &args.zone), in_host)?;
     let in_host = Some((project_part, format!("{instance}.{zone}.PROJECT")));
@@ -327,10 +351,21 @@ impl Rule {
                 && l.bytes()
                     .all(|b| b.is_ascii_alphanumeric() || b"-_".contains(&b))
         };
+        // A project id, or a domain-scoped one (`example.com:my-project`): dots only in the
+        // domain, before the one colon.
         let project = |s: &str| {
-            (1..=100).contains(&s.len())
-                && s.bytes()
-                    .all(|b| matches!(b, b'a'..=b'z' | b'0'..=b'9' | b'-' | b'.' | b':'))
+            let id = |p: &str| {
+                !p.is_empty()
+                    && p.bytes()
+                        .all(|b| matches!(b, b'a'..=b'z' | b'0'..=b'9' | b'-'))
+            };
+            let ok = match s.split_once(':') {
+                Some((domain, rest)) => {
+                    !domain.is_empty() && domain.split('.').all(label) && id(rest)
+                }
+                None => id(s),
+            };
+            ok && s.len() <= 100
         };
         let letters = "1-63 lowercase letters, digits and hyphens";
         let (ok, rule) = match self {
@@ -467,7 +502,13 @@ mod tests {
             a%b | region=r network=n project=p |  | !invalid host \"a%b\" from HOST
             h | region=R network=n project=p |  | !invalid region \"R\" from --region
             h | region=r network=n project=p group=G |  | !invalid destination group \"G\"
-            vm.z.p | interface=nic/0 |  | !invalid interface";
+            vm.z.p | interface=nic/0 |  | !invalid interface
+            vm.zone.proj.extra |  |  | !HOST vm.zone.proj.extra does not match INSTANCE[.ZONE[.PROJECT]] with the suffix \".iap\": \"proj.extra\" is not a project id
+            vm.z.p.iap | suffix=.gcp |  | !\"p.iap\" is not a project id (e.g. my-project or example.com:my-project); if \".iap\" is a suffix, pass --host-suffix .iap
+            vm.z.example.com | suffix= |  | !with no suffix
+            vm.z.example.com:proj.x |  |  | !is not a project id
+            vm.z | project=a.b |  | !invalid project \"a.b\" from --project
+            vm.z | project=:p |  | !invalid project \":p\" from --project";
         for line in cases.lines() {
             let cols: Vec<&str> = line.trim().split(" | ").collect();
             let [h, flags, env, want] = cols[..] else {

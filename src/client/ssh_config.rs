@@ -5,12 +5,14 @@ use std::fmt::Write as _;
 /// What goes into the printed block.
 #[derive(Clone, Debug, Default)]
 pub struct SshConfigBlock {
-    /// The `iap-ssh` program to run (its full path, so ssh finds it without `PATH`).
+    /// The `iap-ssh` program to run: its name when `PATH` finds this binary, else its full
+    /// path.
     pub program: String,
     /// The suffix the `Host` pattern matches and iap-ssh strips (default `.iap`).
     pub suffix: String,
-    /// Options to pass before `%h %p` (e.g. `--project`, `--zone`, `--endpoint`), in pairs.
-    pub options: Vec<(String, String)>,
+    /// Options to pass before `%h %p` (e.g. `--project`, `--zone`, `--endpoint`): a flag and
+    /// its value, or a switch alone.
+    pub options: Vec<(String, Option<String>)>,
 }
 
 /// Quotes `word` for ssh's ProxyCommand: ssh expands `%` tokens, then hands the line to
@@ -38,7 +40,10 @@ impl SshConfigBlock {
         };
         let mut command = proxy_word(&self.program);
         for (flag, value) in &self.options {
-            let _ = write!(command, " {flag} {}", proxy_word(value));
+            let _ = write!(command, " {flag}");
+            if let Some(value) = value {
+                let _ = write!(command, " {}", proxy_word(value));
+            }
         }
         let has = |flag: &str| self.options.iter().any(|(f, _)| f == flag);
         let short = if has("--zone") && has("--project") {
@@ -71,15 +76,17 @@ mod tests {
             program: "/opt/my tools/iap-ssh".into(),
             suffix: ".iap".into(),
             options: vec![
-                ("--project".into(), "my-proj".into()),
-                ("--zone".into(), "us-central1-a".into()),
-                ("--ca-file".into(), "/etc/ca 100%.pem".into()),
+                ("--project".into(), Some("my-proj".into())),
+                ("--zone".into(), Some("us-central1-a".into())),
+                ("--ca-file".into(), Some("/etc/ca 100%.pem".into())),
+                ("--no-token-cache".into(), None),
+                ("-v".into(), None),
             ],
         };
         let text = block.render();
         assert!(text.contains("\nHost *.iap\n"), "{text}");
         assert!(
-            text.contains("    ProxyCommand '/opt/my tools/iap-ssh' --project my-proj --zone us-central1-a --ca-file '/etc/ca 100%%.pem' %h %p\n"),
+            text.contains("    ProxyCommand '/opt/my tools/iap-ssh' --project my-proj --zone us-central1-a --ca-file '/etc/ca 100%%.pem' --no-token-cache -v %h %p\n"),
             "{text}"
         );
         assert!(

@@ -1,0 +1,183 @@
+//! The command line as a user meets it: help in sections with examples that work, strict HOST
+//! parsing with the accepted forms in the error, and `--print-ssh-config` that keeps every
+//! flag it is given, refuses what it would drop, and names the binary the way ssh will find it.
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::indexing_slicing,
+    clippy::panic
+)]
+
+mod common;
+
+use std::path::Path;
+use std::process::{Command, Output};
+use std::time::Duration;
+
+use common::*;
+
+fn iap_ssh(dir: &Path, args: &[&str], path_env: Option<&str>) -> Output {
+    let mut cmd = Command::new(iap_ssh_bin());
+    hermetic_env(&mut cmd, dir);
+    if let Some(p) = path_env {
+        cmd.env("PATH", p);
+    }
+    cmd.current_dir(dir).args(args);
+    run_with_timeout(&mut cmd, Duration::from_secs(30))
+}
+
+fn stderr(out: &Output) -> String {
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}
+
+#[test]
+fn help_comes_in_sections_with_examples() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = iap_ssh(dir.path(), &["--help"], None);
+    assert!(out.status.success(), "{}", describe(&out));
+    let text = String::from_utf8_lossy(&out.stdout);
+    for section in ["Options:", "Examples:", "Notes:", "Error codes:"] {
+        assert!(text.contains(section), "no {section} in:\n{text}");
+    }
+    assert!(
+        text.contains("ssh -o ProxyCommand='iap-ssh %h %p'"),
+        "{text}"
+    );
+    assert!(text.contains("4 not authorized (4033)"), "{text}");
+    // The --print-ssh-config example runs as written.
+    let example = text
+        .lines()
+        .map(str::trim)
+        .find(|l| l.starts_with("iap-ssh --print-ssh-config"))
+        .expect("a --print-ssh-config example");
+    let words: Vec<&str> = example
+        .split(" >>")
+        .next()
+        .unwrap()
+        .split_whitespace()
+        .skip(1)
+        .collect();
+    let out = iap_ssh(dir.path(), &words, None);
+    assert!(out.status.success(), "{example}: {}", describe(&out));
+    assert!(String::from_utf8_lossy(&out.stdout).contains("Host *.iap"));
+}
+
+#[test]
+fn host_parsing_is_strict_and_shows_the_forms() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = iap_ssh(dir.path(), &["vm-1.zone-a.proj.extra", "22"], None);
+    assert_eq!(out.status.code(), Some(2), "{}", describe(&out));
+    let err = stderr(&out);
+    assert!(
+        err.contains("does not match INSTANCE[.ZONE[.PROJECT]]")
+            && err.contains("\"proj.extra\" is not a project id"),
+        "{err}"
+    );
+    assert_eq!(err.lines().count(), 1, "one line: {err}");
+    // A name with another suffix than --host-suffix says which suffix to pass.
+    let out = iap_ssh(
+        dir.path(),
+        &["--host-suffix", ".gcp", "vm-1.zone-a.proj.iap", "22"],
+        None,
+    );
+    assert_eq!(out.status.code(), Some(2), "{}", describe(&out));
+    assert!(
+        stderr(&out).contains("pass --host-suffix .iap"),
+        "{}",
+        stderr(&out)
+    );
+}
+
+#[test]
+fn print_ssh_config_keeps_every_flag_and_refuses_what_it_would_drop() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("ca.pem"), "").unwrap();
+    let out = iap_ssh(
+        dir.path(),
+        &[
+            "--print-ssh-config",
+            "--project",
+            "my-proj",
+            "--ca-file",
+            "ca.pem",
+            "--resume-timeout",
+            "60",
+            "--no-token-cache",
+            "-v",
+        ],
+        Some("/nonexistent"),
+    );
+    assert!(out.status.success(), "{}", describe(&out));
+    let text = String::from_utf8_lossy(&out.stdout);
+    let line = text
+        .lines()
+        .find(|l| l.trim_start().starts_with("ProxyCommand"))
+        .unwrap();
+    let ca = dir.path().join("ca.pem").display().to_string();
+    for want in [
+        "--project my-proj",
+        &format!("--ca-file {ca}"),
+        "--resume-timeout 60",
+        "--no-token-cache",
+        " -v ",
+    ] {
+        assert!(line.contains(want), "{want:?} missing from {line:?}");
+    }
+    // Not on PATH: the absolute path of the binary.
+    let bin = iap_ssh_bin().canonicalize().unwrap();
+    assert!(
+        line.contains(&format!("ProxyCommand {} ", bin.display())),
+        "{line}"
+    );
+
+    for (args, word) in [
+        (vec!["--print-ssh-config", "vm-1", "22"], "drop HOST PORT"),
+        (vec!["--print-ssh-config", "--check"], "--check"),
+        (
+            vec!["--print-ssh-config", "--listen", "127.0.0.1:0"],
+            "--listen",
+        ),
+    ] {
+        let out = iap_ssh(dir.path(), &args, None);
+        assert_eq!(out.status.code(), Some(2), "{args:?}: {}", describe(&out));
+        assert!(stderr(&out).contains(word), "{args:?}: {}", stderr(&out));
+        assert!(out.stdout.is_empty(), "{args:?} printed a block anyway");
+    }
+}
+
+#[test]
+fn print_ssh_config_names_the_binary_as_path_finds_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let bin_dir = iap_ssh_bin().canonicalize().unwrap();
+    let bin_dir = bin_dir.parent().unwrap().display().to_string();
+    let out = iap_ssh(
+        dir.path(),
+        &["--print-ssh-config"],
+        Some(&format!("/nonexistent:{bin_dir}")),
+    );
+    assert!(out.status.success(), "{}", describe(&out));
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        text.contains("    ProxyCommand iap-ssh %h %p\n"),
+        "PATH finds this binary, so its name is enough:\n{text}"
+    );
+}
+
+#[test]
+fn conflicting_modes_are_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    for (args, word) in [
+        (
+            vec!["--check", "--listen", "127.0.0.1:0", "vm-1.z.p", "22"],
+            "separate modes",
+        ),
+        (
+            vec!["--no-check", "vm-1.z.p", "22"],
+            "--no-check goes with --listen",
+        ),
+    ] {
+        let out = iap_ssh(dir.path(), &args, None);
+        assert_eq!(out.status.code(), Some(2), "{args:?}: {}", describe(&out));
+        assert!(stderr(&out).contains(word), "{args:?}: {}", stderr(&out));
+    }
+}
