@@ -1,3 +1,4 @@
+# shellcheck shell=bash
 # Shared by test-packages.sh and test-image.sh (sourced, not run): a test CA, an echo backend,
 # a relay started from a given command, and one tunnel through iap-ssh whose bytes are compared.
 # Everything listens on 127.0.0.1 only. Processes started here are ended by pid in stop_all.

@@ -1,6 +1,11 @@
 # bash completion for iap-ssh. Installed as /usr/share/bash-completion/completions/iap-ssh.
 # Keep the option lists in step with `iap-ssh --help` (packaging/test-packages.sh checks it).
 
+# COMPREPLY from compgen's lines (file names may hold spaces).
+_iap_ssh_reply() {
+    mapfile -t COMPREPLY < <(compgen "$@")
+}
+
 _iap_ssh() {
     local cur prev
     cur=${COMP_WORDS[COMP_CWORD]}
@@ -18,27 +23,27 @@ _iap_ssh() {
     local opt
     for opt in $file_opts; do
         if [[ $prev == "$opt" ]]; then
-            COMPREPLY=($(compgen -f -- "$cur"))
+            _iap_ssh_reply -f -- "$cur"
             return 0
         fi
     done
     for opt in $value_opts; do
         if [[ $prev == "$opt" ]]; then
             case $prev in
-            --listen) COMPREPLY=($(compgen -W "127.0.0.1:0 [::1]:0" -- "$cur")) ;;
-            --interface) COMPREPLY=($(compgen -W "nic0 nic1 nic2 nic3" -- "$cur")) ;;
-            --proxy) COMPREPLY=($(compgen -W "none http://" -- "$cur")) ;;
+            --listen) _iap_ssh_reply -W "127.0.0.1:0 [::1]:0" -- "$cur" ;;
+            --interface) _iap_ssh_reply -W "nic0 nic1 nic2 nic3" -- "$cur" ;;
+            --proxy) _iap_ssh_reply -W "none http://" -- "$cur" ;;
             *) COMPREPLY=() ;;
             esac
             return 0
         fi
     done
     if [[ $cur == -* ]]; then
-        COMPREPLY=($(compgen -W "$file_opts $value_opts $switches" -- "$cur"))
+        _iap_ssh_reply -W "$file_opts $value_opts $switches" -- "$cur"
         return 0
     fi
     # HOST, then PORT: host names this machine knows.
-    COMPREPLY=($(compgen -A hostname -- "$cur"))
+    _iap_ssh_reply -A hostname -- "$cur"
     return 0
 }
 complete -o default -F _iap_ssh iap-ssh
