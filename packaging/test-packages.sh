@@ -135,6 +135,17 @@ for opt in $(help_options /usr/bin/iap-relay); do
     in_man iap-relay "$opt" || fail "iap-relay(8) does not mention $opt (docs/man/iap-relay.8.md)"
 done
 ok "every option of iap-ssh --help is in iap-ssh(1) and the bash, zsh and fish completions; iap-relay's in iap-relay(8)"
+# Every section and key of relay.toml (the example shows them all, some commented out) is in
+# iap-relay.toml(5).
+in_man iap-relay.toml listen || fail "cannot read iap-relay.toml(5)"
+keys=$(sed -nE 's/^# ?\[\[?([a-z_]+)\]\]?.*/\1/p; s/^\[\[?([a-z_]+)\]\]?.*/\1/p; s/^#? ?([a-z0-9_]+) = .*/\1/p' \
+    /usr/share/doc/iap-relay/relay.toml.example | sort -u)
+(($(wc -w <<<"$keys") > 30)) || fail "found only these keys in relay.toml.example: $keys"
+for key in $keys; do
+    grep -qE -- "(^|[^a-z0-9_-])$key([^a-z0-9_-]|$)" "$work/iap-relay.toml.txt" ||
+        fail "iap-relay.toml(5) does not mention $key of relay.toml.example (docs/man/iap-relay.toml.5.md)"
+done
+ok "all $(wc -w <<<"$keys") sections and keys of relay.toml.example are in iap-relay.toml(5)"
 
 # Completions work: bash through its completion function, fish through complete -C, zsh parses.
 bash_out=$(bash --norc --noprofile -c '
