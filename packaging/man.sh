@@ -19,7 +19,7 @@ date=$(git log -1 --format=%cs 2>/dev/null || true)
 status=0
 for src in docs/man/*.md; do
     page=$(basename "$src" .md) # e.g. iap-ssh.1
-    pandoc --standalone --from markdown --to man \
+    pandoc --standalone --from markdown-smart --to man \
         --metadata footer="iap-ssh $version" ${date:+--metadata date="$date"} \
         --output "$out/$page" "$src"
     # man renders the page as it would for a reader; groff's warnings go to stderr.
