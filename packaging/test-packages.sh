@@ -179,7 +179,7 @@ make_pki
 chgrp iap-relay "$work/relay-key.pem"
 chmod 640 "$work/relay-key.pem"
 start_echo
-write_relay_config "$work/relay.toml" "$work" "/var/log/iap-relay/package-test.jsonl"
+write_relay_config "$work/relay.toml" "$work" /var/log/iap-relay/audit.jsonl
 # As the service runs it: the packaged binary as the iap-relay user.
 start_relay setpriv --reuid=iap-relay --regid=iap-relay --init-groups \
     /usr/bin/iap-relay --config "$work/relay.toml"
@@ -187,9 +187,25 @@ ok "/usr/bin/iap-relay (as user iap-relay) listening on wss://127.0.0.1:$relay_p
 tunnel_roundtrip "/usr/bin/iap-ssh -> /usr/bin/iap-relay -> socat echo" /usr/bin/iap-ssh \
     --project pkg-test --zone loopback echo "$echo_port"
 stop_all
-grep -q '"principal":"user:package-test@example.com"' /var/log/iap-relay/package-test.jsonl ||
-    fail "the relay's audit log in /var/log/iap-relay has no line for the tunnel"
-ok "the relay wrote its audit log to /var/log/iap-relay as iap-relay"
+grep -q '"principal":"user:package-test@example.com"' /var/log/iap-relay/audit.jsonl ||
+    fail "the relay's audit log /var/log/iap-relay/audit.jsonl has no line for the tunnel"
+ok "the relay wrote its audit log to /var/log/iap-relay/audit.jsonl as iap-relay"
+
+# The packaged logrotate entry rotates that log (logrotate reports errors but exits 0).
+if command -v logrotate >/dev/null; then
+    lines=$(wc -l </var/log/iap-relay/audit.jsonl)
+    logrotate --force --verbose --state "$work/logrotate.state" /etc/logrotate.d/iap-relay >"$work/logrotate.log" 2>&1 ||
+        { cat "$work/logrotate.log" >&2; fail "logrotate /etc/logrotate.d/iap-relay"; }
+    ! grep -qi 'error' "$work/logrotate.log" || { cat "$work/logrotate.log" >&2; fail "logrotate reported errors"; }
+    [[ -s /var/log/iap-relay/audit.jsonl.1 && ! -s /var/log/iap-relay/audit.jsonl ]] ||
+        fail "logrotate did not move the audit log to audit.jsonl.1 and empty it"
+    [[ $(wc -l </var/log/iap-relay/audit.jsonl.1) -eq $lines && $(stat -c '%U %a' /var/log/iap-relay/audit.jsonl.1) == "iap-relay 600" ]] ||
+        fail "the rotated audit log lost lines or its owner or mode: $(stat -c '%U %a' /var/log/iap-relay/audit.jsonl.1)"
+    ok "logrotate rotates /var/log/iap-relay/audit.jsonl ($lines lines, kept 0600, owned by iap-relay)"
+else
+    [[ -z "${CI:-}" ]] || fail "logrotate is not installed (CI installs it)"
+    echo "skip: logrotate not installed"
+fi
 
 # --- purge ----------------------------------------------------------------------------------
 # Everything dpkg installed, to check it is gone afterwards.
