@@ -7,6 +7,7 @@
 # Needs root (dpkg), socat, openssl, python3, lintian; fish and zsh for their completion
 # checks. Starts no service: nothing here runs systemd, and a policy-rc.d refuses starts
 # while the packages install. Each check prints "ok: ..." or stops with "FAILED: ...".
+# It purges any iap-ssh and iap-relay packages installed before it: run it on a test machine.
 set -euo pipefail
 
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
