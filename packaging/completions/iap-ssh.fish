@@ -1,0 +1,27 @@
+# fish completion for iap-ssh. Installed as /usr/share/fish/vendor_completions.d/iap-ssh.fish.
+# Keep the option list in step with `iap-ssh --help` (packaging/test-packages.sh checks it).
+
+complete -c iap-ssh -l project -x -d 'project of the instance'
+complete -c iap-ssh -l zone -x -d 'zone of the instance'
+complete -c iap-ssh -l interface -x -a 'nic0 nic1 nic2 nic3' -d 'network interface of the instance'
+complete -c iap-ssh -l region -x -d 'region, for an IP address or FQDN target'
+complete -c iap-ssh -l network -x -d 'VPC network, for an IP address or FQDN target'
+complete -c iap-ssh -l dest-group -x -d 'destination group, for an IP address or FQDN target'
+complete -c iap-ssh -l host-suffix -x -d 'suffix stripped from HOST'
+complete -c iap-ssh -l listen -x -a '127.0.0.1:0 [::1]:0' -d 'listen on ADDR, one tunnel per connection'
+complete -c iap-ssh -l check -d 'open one tunnel, report whether it works, and exit'
+complete -c iap-ssh -l no-check -d 'with --listen: skip the start-up connection check'
+complete -c iap-ssh -l print-ssh-config -d 'print a Host block for ~/.ssh/config and exit'
+complete -c iap-ssh -l endpoint -x -d 'relay URL'
+complete -c iap-ssh -l ca-file -r -F -d 'PEM file of CA certificates trusted besides the system roots'
+complete -c iap-ssh -l client-cert -r -F -d 'PEM client certificate for mutual TLS'
+complete -c iap-ssh -l client-key -r -F -d 'PEM private key of --client-cert'
+complete -c iap-ssh -l proxy -x -a 'none http://' -d 'HTTP proxy URL'
+complete -c iap-ssh -l access-token-file -r -F -d 'file holding an OAuth access token'
+complete -c iap-ssh -l credentials-file -r -F -d 'service-account key file'
+complete -c iap-ssh -l no-token-cache -d 'do not keep access tokens between runs'
+complete -c iap-ssh -l resume-timeout -x -d 'seconds to keep trying to resume a lost tunnel'
+complete -c iap-ssh -s v -l verbose -d 'more diagnostics on stderr'
+complete -c iap-ssh -l version -d 'print the version and exit'
+complete -c iap-ssh -l help -d 'display usage information'
+complete -c iap-ssh -n '__fish_is_nth_token 1' -x -a '(__fish_print_hostnames)' -d host
