@@ -8,7 +8,11 @@
 # Knobs (environment): BENCH_RUNS (3), BENCH_SIZE_MIB (1024), BENCH_GCLOUD_MIB (32),
 # BENCH_STARTUP_RUNS (5), BENCH_IDLE_STEPS (1000,10000), BENCH_PROFILE (1: callgrind profile
 # of a short transfer), BENCH_PROFILE_MIB (32), BENCH_INSTALL (1: apt-get what is missing),
-# BENCH_OUT (BENCHMARKS.md at the repository root; "-" for none).
+# BENCH_OUT (BENCHMARKS.md at the repository root; "-" for none), BENCH_LAT_COUNT (5000 round
+# trips per latency figure), BENCH_PAR_MIB (128 MiB per tunnel at 16 and 64 at once),
+# BENCH_SETUPS (2000 tunnel setups), BENCH_DELAY_MS (25, one way), BENCH_DELAY_MIB (64),
+# BENCH_FLEET (1: the Ansible fleet runs; needs target/ansible-venv or makes it),
+# BENCH_FLEET_HOSTS (30).
 # Traffic goes to 127.0.0.1 only. Needs root for sshd (as the end-to-end tests do).
 set -euo pipefail
 
@@ -22,11 +26,19 @@ PROFILE=${BENCH_PROFILE:-1}
 PROFILE_MIB=${BENCH_PROFILE_MIB:-32}
 INSTALL=${BENCH_INSTALL:-1}
 OUT=${BENCH_OUT:-$ROOT/BENCHMARKS.md}
+LAT_COUNT=${BENCH_LAT_COUNT:-5000}
+PAR_MIB=${BENCH_PAR_MIB:-128}
+SETUPS=${BENCH_SETUPS:-2000}
+DELAY_MS=${BENCH_DELAY_MS:-25}
+DELAY_MIB=${BENCH_DELAY_MIB:-64}
+FLEET=${BENCH_FLEET:-1}
+FLEET_HOSTS=${BENCH_FLEET_HOSTS:-30}
 if [[ ${BENCH_QUICK:-0} == 1 ]]; then
     RUNS=1 SIZE_MIB=64 GC_MIB=4 STARTUP_RUNS=2 IDLE_STEPS=100,200 PROFILE_MIB=4
+    LAT_COUNT=500 PAR_MIB=8 SETUPS=200 DELAY_MIB=8 FLEET_HOSTS=4
 fi
 COMMAND="bash bench/run.sh"
-for v in BENCH_QUICK BENCH_RUNS BENCH_SIZE_MIB BENCH_GCLOUD_MIB BENCH_STARTUP_RUNS BENCH_IDLE_STEPS BENCH_PROFILE; do
+for v in BENCH_QUICK BENCH_RUNS BENCH_SIZE_MIB BENCH_GCLOUD_MIB BENCH_STARTUP_RUNS BENCH_IDLE_STEPS BENCH_PROFILE BENCH_LAT_COUNT BENCH_PAR_MIB BENCH_SETUPS BENCH_DELAY_MS BENCH_DELAY_MIB BENCH_FLEET BENCH_FLEET_HOSTS; do
     [[ -n ${!v:-} ]] && COMMAND="$v=${!v} $COMMAND"
 done
 STEP_LIMIT=600 # seconds: upper bound for any single client run
@@ -36,8 +48,8 @@ die() { log "error: $*"; exit 1; }
 
 # ---------------------------------------------------------------------------------------------
 # Tools
-need=(socat sshd ssh scp ssh-keygen openssl /usr/bin/time timeout)
-pkgs=(socat openssh-server openssh-client openssl time coreutils procps)
+need=(socat sshd ssh scp ssh-keygen openssl /usr/bin/time timeout haproxy)
+pkgs=(socat openssh-server openssh-client openssl time coreutils procps haproxy python3-venv)
 if [[ $PROFILE == 1 ]]; then need+=(valgrind callgrind_annotate); pkgs+=(valgrind); fi
 missing=()
 for t in "${need[@]}"; do command -v "$t" >/dev/null 2>&1 || [[ -x /usr/sbin/$t ]] || missing+=("$t"); done
@@ -52,9 +64,10 @@ GCLOUD=$(command -v gcloud || true)
 [[ $(id -u) == 0 ]] || die "run as root (sshd on loopback needs it)"
 
 log "building release binaries"
-(cd "$ROOT" && cargo build --release --bins --example bench_load) >&2
+(cd "$ROOT" && cargo build --release --bins --example bench_load --example bench_net) >&2
 BIN=$ROOT/target/release
 TOOL=$BIN/examples/bench_load
+NET=$BIN/examples/bench_net
 if [[ $PROFILE == 1 ]]; then
     log "building an unstripped copy for the profile (target/bench-profile)"
     (cd "$ROOT" && CARGO_PROFILE_RELEASE_STRIP=false CARGO_PROFILE_RELEASE_DEBUG=line-tables-only \
@@ -119,6 +132,7 @@ project = "$PROJECT"
 zone = "$ZONE"
 name = "$INSTANCE"
 interfaces = { nic0 = "127.0.0.1" }
+$(for i in $(seq "$FLEET_HOSTS"); do printf '[[instances]]\nproject = "%s"\nzone = "%s"\nname = "host-%s"\ninterfaces = { nic0 = "127.0.0.1" }\n' "$PROJECT" "$ZONE" "$i"; done)
 [[bindings]]
 role = "roles/iap.tunnelResourceAccessor"
 members = ["user:bench@example.com"]
@@ -201,6 +215,32 @@ declare -A SOCAT_RELAY_PID SOCAT_RELAY_PORT
 for b in "$SINK" "$SRC" "$SSH_PORT"; do socat_relay "$b"; done
 for b in "$SINK" "$SRC" "$SSH_PORT"; do wait_for port_open "${SOCAT_RELAY_PORT[$b]}"; done
 
+# An echo service (TCP_NODELAY) for latency and setup, and a source of PAR_MIB for the
+# concurrency step.
+"$NET" echo <&3 >"$TMP/echo.out" &
+PIDS+=($!)
+wait_for grep -q port "$TMP/echo.out" || die "echo backend did not start"
+ECHO=$(awk '{print $2}' "$TMP/echo.out")
+PAR_BYTES=$((PAR_MIB << 20))
+SRC_PAR=$(free_port)
+socat -U "TCP-LISTEN:$SRC_PAR,bind=127.0.0.1,reuseaddr,fork,backlog=1024" SYSTEM:"head -c $PAR_BYTES /dev/zero" 2>/dev/null &
+PIDS+=($!)
+
+# The socat TLS pair: the same shape as iap-ssh ↔ iap-relay in C with OpenSSL. A TLS server
+# in front of each backend (the relay's certificate), and a TLS client checking it.
+socat_tls_relay() {
+    local p
+    p=$(free_port)
+    socat -b 131072 "OPENSSL-LISTEN:$p,bind=127.0.0.1,reuseaddr,fork,backlog=1024,cert=$TMP/relay-cert.pem,key=$TMP/relay-key.pem,verify=0" \
+        "TCP:127.0.0.1:$1,nodelay" 2>/dev/null &
+    PIDS+=($!)
+    SOCAT_TLS_PID[$1]=$!
+    SOCAT_TLS_PORT[$1]=$p
+}
+declare -A SOCAT_TLS_PID SOCAT_TLS_PORT
+for b in "$SINK" "$SRC" "$ECHO" "$SRC_PAR"; do socat_tls_relay "$b"; done
+for b in "$SINK" "$SRC" "$ECHO" "$SRC_PAR"; do wait_for port_open "${SOCAT_TLS_PORT[$b]}"; done
+
 start_relay "$BIN/iap-relay" relay
 IAP_RELAY_PID=$RELAY_PID
 log "iap-relay at $RELAY_URL (pid $RELAY_PID), sshd on $SSH_PORT"
@@ -215,11 +255,18 @@ mkdir -p "$CLOUDSDK_CONFIG"
 client_cmd() {
     case $1 in
     socat) echo "socat -b 131072 - TCP:127.0.0.1:${SOCAT_RELAY_PORT[$2]}" ;;
+    socat-tls) echo "socat -b 131072 - OPENSSL:127.0.0.1:${SOCAT_TLS_PORT[$2]},cafile=$TMP/ca.pem,nodelay" ;;
     iap-ssh) echo "$BIN/iap-ssh --endpoint $RELAY_URL --ca-file $TMP/ca.pem --access-token-file $TMP/token $INSTANCE.$ZONE.$PROJECT $2" ;;
     gcloud) echo "$GCLOUD compute start-iap-tunnel $INSTANCE $2 --zone $ZONE --project $PROJECT --listen-on-stdin --iap-tunnel-url-override=$RELAY_URL --verbosity=warning" ;;
     esac
 }
-relay_pid_for() { if [[ $1 == socat ]]; then echo "${SOCAT_RELAY_PID[$2]}"; else echo "$IAP_RELAY_PID"; fi; }
+relay_pid_for() {
+    case $1 in
+    socat) echo "${SOCAT_RELAY_PID[$2]}" ;;
+    socat-tls) echo "${SOCAT_TLS_PID[$2]}" ;;
+    *) echo "$IAP_RELAY_PID" ;;
+    esac
+}
 
 RESULTS=$TMP/results # lines: metric path value
 record() { echo "$1 $2 $3" >>"$RESULTS"; }
@@ -228,7 +275,7 @@ record() { echo "$1 $2 $3" >>"$RESULTS"; }
 bulk() {
     local path=$1 dir=$2 bytes=$3 backend cmd rpid c0 c1 t0 t1 got
     if [[ $dir == up ]]; then backend=$SINK; else backend=$([[ $bytes == "$BYTES" ]] && echo "$SRC" || echo "$SRC_GC"); fi
-    [[ $path == socat && $dir == down ]] && backend=$SRC
+    [[ $path == socat* && $dir == down ]] && backend=$SRC
     cmd=$(client_cmd "$path" "$backend")
     rpid=$(relay_pid_for "$path" "$backend")
     : >"$TMP/sink.count"
@@ -293,7 +340,7 @@ scp_run() {
 # ---------------------------------------------------------------------------------------------
 log "bulk: $RUNS runs of $SIZE_MIB MiB each way (socat, iap-ssh), $GC_MIB MiB for gcloud"
 for r in $(seq "$RUNS"); do
-    for path in socat iap-ssh; do
+    for path in socat socat-tls iap-ssh; do
         bulk "$path" up "$BYTES"
         bulk "$path" down "$BYTES"
     done
@@ -342,6 +389,242 @@ for r in $(seq "$STARTUP_RUNS"); do
         [[ $path == iap-ssh ]] && record session_id "$path" "$mk"
     done
 done
+
+# ---------------------------------------------------------------------------------------------
+# Latency: request/response round trips to the echo service (p50, p99, p99.9), through a
+# client's stdin/stdout (stdio mode) and through a local port (listener mode).
+# opt_record METRIC PATH OUTPUT KEY: records KEY=VALUE from OUTPUT, or "-".
+opt_record() { record "$1" "$2" "$(sed -n "s/.*$4=\([^ ]*\).*/\1/p" <<<"$3" | grep . || echo -)"; }
+log "latency: $LAT_COUNT round trips of 1 B and 1 KiB per path, $RUNS runs"
+"$BIN/iap-ssh" --listen 127.0.0.1:0 --endpoint "$RELAY_URL" --ca-file "$TMP/ca.pem" \
+    --access-token-file "$TMP/token" "$INSTANCE.$ZONE.$PROJECT" "$ECHO" <&3 >"$TMP/listen.out" 2>"$TMP/listen.log" &
+PIDS+=($!)
+wait_for grep -q 'Listening on port' "$TMP/listen.out" || die "iap-ssh --listen did not start: $(tail -3 "$TMP/listen.log")"
+IAP_LISTEN_PORT=$(sed -n 's/Listening on port \[\([0-9]*\)\]\./\1/p' "$TMP/listen.out")
+TLS_LISTEN_PORT=$(free_port)
+socat "TCP-LISTEN:$TLS_LISTEN_PORT,bind=127.0.0.1,reuseaddr,fork,nodelay" \
+    "OPENSSL:127.0.0.1:${SOCAT_TLS_PORT[$ECHO]},cafile=$TMP/ca.pem,nodelay" 2>/dev/null &
+PIDS+=($!)
+wait_for port_open "$TLS_LISTEN_PORT" || die "socat TLS listener did not start"
+# lat NAME SIZE RTT-ARGS...
+lat() {
+    local name=$1 size=$2 out
+    shift 2
+    out=$(timeout "$STEP_LIMIT" "$NET" rtt "$size" "$LAT_COUNT" "$@") || die "latency $name $size B failed"
+    for p in 50 99 999; do opt_record "lat${p}_$size" "$name" "$out" "p${p}_us"; done
+    log "latency $name $size B: $out"
+}
+for r in $(seq "$RUNS"); do
+    for size in 1 1024; do
+        lat direct "$size" tcp "$ECHO"
+        # shellcheck disable=SC2046 # the client command is words
+        lat socat-tls "$size" stdio -- $(client_cmd socat-tls "$ECHO")
+        # shellcheck disable=SC2046
+        lat iap-ssh "$size" stdio -- $(client_cmd iap-ssh "$ECHO")
+        lat socat-tls-listen "$size" tcp "$TLS_LISTEN_PORT"
+        lat iap-ssh-listen "$size" tcp "$IAP_LISTEN_PORT"
+    done
+done
+
+# ---------------------------------------------------------------------------------------------
+# Many tunnels at once: 16 and 64 downloads of PAR_MIB each through one relay.
+log "concurrency: 16 and 64 downloads of $PAR_MIB MiB at once"
+for r in $(seq "$RUNS"); do
+    for n in 16 64; do
+        for path in socat-tls iap-ssh; do
+            # shellcheck disable=SC2046
+            out=$(timeout "$STEP_LIMIT" "$NET" parallel "$n" "$PAR_BYTES" -- $(client_cmd "$path" "$SRC_PAR")) ||
+                die "$n parallel downloads through $path failed"
+            opt_record "par_mbps_$n" "$path" "$out" mbps
+            opt_record "par_fast_$n" "$path" "$out" fastest_s
+            opt_record "par_slow_$n" "$path" "$out" slowest_s
+            log "concurrency $path x$n: $out"
+        done
+    done
+done
+
+# ---------------------------------------------------------------------------------------------
+# Tunnel setup rate: 64 dialers, each a connect, one byte echoed and a close; iap-relay against
+# HAProxy terminating TLS in front of the same echo service.
+log "setup rate: $SETUPS setups, 64 at once, iap-relay and HAProxy"
+cat "$TMP/relay-cert.pem" "$TMP/relay-key.pem" >"$TMP/haproxy.pem"
+HA_PORT=$(free_port)
+cat >"$TMP/haproxy.cfg" <<EOF
+global
+    maxconn 4096
+defaults
+    mode tcp
+    timeout connect 5s
+    timeout client 30s
+    timeout server 30s
+frontend tls
+    bind 127.0.0.1:$HA_PORT ssl crt $TMP/haproxy.pem
+    default_backend echo
+backend echo
+    server echo 127.0.0.1:$ECHO
+EOF
+haproxy -db -f "$TMP/haproxy.cfg" >"$TMP/haproxy.log" 2>&1 &
+PIDS+=($!)
+wait_for port_open "$HA_PORT" || die "haproxy did not start: $(tail -3 "$TMP/haproxy.log")"
+for r in $(seq "$RUNS"); do
+    out=$(timeout "$STEP_LIMIT" "$NET" setup relay "$RELAY_URL" "$TMP/ca.pem" "$TMP/token" "$PROJECT" "$ZONE" \
+        "$INSTANCE" "$ECHO" "$SETUPS" 64) || die "setups through iap-relay failed"
+    opt_record setup_rate iap-relay "$out" rate
+    opt_record setup_p50 iap-relay "$out" p50_ms
+    opt_record setup_p99 iap-relay "$out" p99_ms
+    log "setup iap-relay: $out"
+    out=$(timeout "$STEP_LIMIT" "$NET" setup tls "127.0.0.1:$HA_PORT" "$TMP/ca.pem" "$SETUPS" 64) ||
+        die "setups through haproxy failed"
+    opt_record setup_rate haproxy "$out" rate
+    opt_record setup_p50 haproxy "$out" p50_ms
+    opt_record setup_p99 haproxy "$out" p99_ms
+    log "setup haproxy: $out"
+done
+
+# ---------------------------------------------------------------------------------------------
+# Distance: a delay line of DELAY_MS each way in front of the relays; bulk each way.
+log "distance: ${DELAY_MS} ms each way, $DELAY_MIB MiB each way ($GC_MIB MiB for gcloud)"
+DELAY_BYTES=$((DELAY_MIB << 20))
+SRC_DELAY=$(free_port)
+socat -U "TCP-LISTEN:$SRC_DELAY,bind=127.0.0.1,reuseaddr,fork" SYSTEM:"head -c $DELAY_BYTES /dev/zero" 2>/dev/null &
+PIDS+=($!)
+socat_tls_relay "$SRC_DELAY"
+wait_for port_open "${SOCAT_TLS_PORT[$SRC_DELAY]}" || die "socat TLS relay did not start"
+# delay_line TARGET_PORT: starts a delay line in front of TARGET_PORT; sets DELAY_PORT.
+delay_line() {
+    local out=$TMP/delay.$1.out
+    "$NET" delay 0 "$1" "$DELAY_MS" <&3 >"$out" &
+    PIDS+=($!)
+    wait_for grep -q port "$out" || die "delay line to $1 did not start"
+    DELAY_PORT=$(awk '{print $2}' "$out")
+}
+RELAY_PORT=${RELAY_URL##*:}
+RELAY_PORT=${RELAY_PORT%%/*}
+delay_line "$RELAY_PORT"
+DELAY_RELAY=$DELAY_PORT
+declare -A DELAY_TLS
+for b in "$SINK" "$SRC_DELAY"; do
+    delay_line "${SOCAT_TLS_PORT[$b]}"
+    DELAY_TLS[$b]=$DELAY_PORT
+done
+# far_cmd PATH BACKEND: the client command line through the delay line.
+far_cmd() {
+    case $1 in
+    socat-tls) echo "socat -b 131072 - OPENSSL:127.0.0.1:${DELAY_TLS[$2]},cafile=$TMP/ca.pem,nodelay" ;;
+    iap-ssh) echo "$BIN/iap-ssh --endpoint wss://127.0.0.1:$DELAY_RELAY --ca-file $TMP/ca.pem --access-token-file $TMP/token $INSTANCE.$ZONE.$PROJECT $2" ;;
+    gcloud) echo "$GCLOUD compute start-iap-tunnel $INSTANCE $2 --zone $ZONE --project $PROJECT --listen-on-stdin --iap-tunnel-url-override=wss://127.0.0.1:$DELAY_RELAY --verbosity=warning" ;;
+    esac
+}
+# far PATH DIR BYTES: one transfer through the delay line; records far_DIR (MB/s). gcloud's
+# failures are recorded as "-" (its own stall, see README "Compatibility"), others end the run.
+far() {
+    local path=$1 dir=$2 bytes=$3 backend t0 t1 got cmd
+    if [[ $dir == up ]]; then backend=$SINK; else backend=$SRC_DELAY; fi
+    [[ $path == gcloud && $dir == down ]] && backend=$SRC_GC
+    cmd=$(far_cmd "$path" "$backend")
+    : >"$TMP/sink.count"
+    t0=$(now_ns)
+    if [[ $dir == up ]]; then
+        if ! head -c "$bytes" /dev/zero | timeout "$STEP_LIMIT" $cmd >/dev/null; then
+            [[ $path == gcloud ]] && { record "far_$dir" "$path" -; return; }
+            die "$path upload through the delay line failed"
+        fi
+        t1=$(now_ns)
+        wait_for test -s "$TMP/sink.count" || die "$path far upload: the sink saw no end"
+        got=$(tail -1 "$TMP/sink.count")
+    else
+        timeout "$STEP_LIMIT" $cmd <&3 | { head -c "$bytes" | wc -c >"$TMP/got"; now_ns >"$TMP/t1"; }
+        got=$(<"$TMP/got") t1=$(<"$TMP/t1")
+    fi
+    if [[ $got != "$bytes" ]]; then
+        [[ $path == gcloud ]] && { record "far_$dir" "$path" -; return; }
+        die "$path $dir through the delay line carried $got bytes, expected $bytes"
+    fi
+    record "far_$dir" "$path" "$(awk -v b="$bytes" -v a="$t0" -v c="$t1" 'BEGIN{printf "%.1f", b/((c-a)/1e9)/1e6}')"
+    log "far $path $dir $((bytes >> 20)) MiB: $(((t1 - t0) / 1000000)) ms"
+}
+for r in $(seq "$RUNS"); do
+    for path in socat-tls iap-ssh; do
+        far "$path" up "$DELAY_BYTES"
+        far "$path" down "$DELAY_BYTES"
+    done
+    if [[ -n $GCLOUD ]]; then
+        far gcloud up "$GC_BYTES"
+        far gcloud down "$GC_BYTES"
+    fi
+done
+
+# ---------------------------------------------------------------------------------------------
+# A whole Ansible run: FLEET_HOSTS inventory hosts (instances of the relay leading to the
+# loopback sshd), forks=10, four tasks, no fact gathering; through direct socat, iap-ssh and
+# gcloud without connection sharing, and iap-ssh with ControlPersist.
+if [[ $FLEET == 1 ]]; then
+    VENV=$ROOT/target/ansible-venv
+    if [[ ! -x $VENV/bin/ansible-playbook ]]; then
+        log "making the ansible virtualenv in $VENV"
+        python3 -m venv "$VENV" && "$VENV/bin/pip" install -q --disable-pip-version-check 'ansible-core>=2.17,<2.18' >&2 ||
+            die "could not install ansible-core"
+    fi
+    FL=$TMP/fleet
+    mkdir -p "$FL"
+    head -c 102400 /dev/urandom >"$FL/blob"
+    {
+        echo "[fleet]"
+        for i in $(seq "$FLEET_HOSTS"); do echo "host-$i"; done
+        echo "[fleet:vars]"
+        echo "ansible_port=$SSH_PORT"
+        echo "ansible_user=root"
+        echo "ansible_ssh_private_key_file=$TMP/ssh/id"
+        echo "ansible_python_interpreter=/usr/bin/python3"
+    } >"$FL/inventory"
+    cat >"$FL/play.yml" <<EOF
+- hosts: fleet
+  gather_facts: false
+  tasks:
+    - command: "true"
+    - copy:
+        src: $FL/blob
+        dest: "$SHM/fleet-{{ inventory_hostname }}"
+    - shell: "echo {{ inventory_hostname }}"
+    - stat:
+        path: "$SHM/fleet-{{ inventory_hostname }}"
+EOF
+    fleet_proxy() {
+        case $1 in
+        direct | direct-cp) echo "socat - TCP:127.0.0.1:%p" ;;
+        iap-ssh | iap-ssh-cp) echo "$BIN/iap-ssh --endpoint $RELAY_URL --ca-file $TMP/ca.pem --access-token-file $TMP/token --zone $ZONE --project $PROJECT %h %p" ;;
+        gcloud) echo "$GCLOUD compute start-iap-tunnel %h %p --zone $ZONE --project $PROJECT --listen-on-stdin --iap-tunnel-url-override=$RELAY_URL --verbosity=warning" ;;
+        esac
+    }
+    fleet_run() {
+        local path=$1 share="-o ControlMaster=no -o ControlPath=none" t0 t1
+        [[ $path == *-cp ]] && share="-o ControlMaster=auto -o ControlPersist=60s -o ControlPath=$FL/cm-%C"
+        local args="-F /dev/null -o UserKnownHostsFile=$TMP/ssh/known_hosts -o GlobalKnownHostsFile=/dev/null -o StrictHostKeyChecking=no -o LogLevel=ERROR $share -o ProxyCommand='$(fleet_proxy "$path")'"
+        t0=$(now_ns)
+        ANSIBLE_HOST_KEY_CHECKING=False ANSIBLE_SSH_ARGS="$args" ANSIBLE_FORKS=10 ANSIBLE_NOCOLOR=1 \
+            ANSIBLE_LOCAL_TEMP="$FL/tmp" ANSIBLE_REMOTE_TEMP="$FL/remote" ANSIBLE_PYTHON_INTERPRETER=/usr/bin/python3 \
+            /usr/bin/time -f '%U %S' -o "$FL/time" timeout "$STEP_LIMIT" \
+            "$VENV/bin/ansible-playbook" -i "$FL/inventory" "$FL/play.yml" >"$FL/$path.log" 2>&1 ||
+            die "ansible through $path failed: $(tail -5 "$FL/$path.log")"
+        t1=$(now_ns)
+        grep -q "failed=0" "$FL/$path.log" || die "ansible through $path: a task failed: $(tail -5 "$FL/$path.log")"
+        read -r u s <"$FL/time"
+        record fleet_wall "$path" "$(awk -v a="$t0" -v b="$t1" 'BEGIN{printf "%.1f", (b-a)/1e9}')"
+        record fleet_cpu "$path" "$(awk -v u="$u" -v s="$s" 'BEGIN{printf "%.1f", u+s}')"
+        log "ansible $path: $(((t1 - t0) / 1000000)) ms, CPU ${u}+${s} s"
+        if [[ $path == *-cp ]]; then
+            for i in $(seq "$FLEET_HOSTS"); do
+                ssh -F /dev/null -o ControlPath="$FL/cm-%C" -p "$SSH_PORT" -l root -O exit "host-$i" 2>/dev/null || true
+            done
+        fi
+    }
+    fleet_paths=(direct direct-cp iap-ssh iap-ssh-cp)
+    [[ -n $GCLOUD ]] && fleet_paths+=(gcloud)
+    log "ansible: $FLEET_HOSTS hosts, forks=10, 4 tasks; ${fleet_paths[*]}"
+    for r in $(seq "$RUNS"); do
+        for path in "${fleet_paths[@]}"; do fleet_run "$path"; done
+    done
+fi
 
 # ---------------------------------------------------------------------------------------------
 # Idle tunnels: a fresh relay, an idle backend, N open tunnels.
@@ -429,9 +712,20 @@ ratio0() { awk -v a="$1" -v b="$2" 'BEGIN{ if (a=="-"||b=="-"||b==0) print "-"; 
 verdict() { [[ $1 == - ]] && echo "not measured" || { awk -v v="$1" -v t="$3" "BEGIN{exit !(v $2 t)}" && echo "**met**" || echo "**not met**"; }; }
 
 declare -A M
-for m in tput_up tput_down ccpu_up ccpu_down rcpu_up rcpu_down rss_up rss_down scp_up scp_down ssh_true first_byte session_id; do
-    for p in socat iap-ssh gcloud direct; do M[$m,$p]=$(med "$m" "$p"); done
+for m in tput_up tput_down ccpu_up ccpu_down rcpu_up rcpu_down rss_up rss_down scp_up scp_down ssh_true first_byte session_id \
+    lat50_1 lat99_1 lat999_1 lat50_1024 lat99_1024 lat999_1024 par_mbps_16 par_fast_16 par_slow_16 \
+    par_mbps_64 par_fast_64 par_slow_64 setup_rate setup_p50 setup_p99 far_up far_down fleet_wall fleet_cpu; do
+    for p in socat socat-tls iap-ssh gcloud direct socat-tls-listen iap-ssh-listen iap-relay haproxy direct-cp iap-ssh-cp; do
+        M[$m,$p]=$(med "$m" "$p")
+    done
 done
+sum() { awk -v a="$1" -v b="$2" 'BEGIN{ if (a=="-"||b=="-") print "-"; else printf "%.2f", a+b }'; }
+for d in up down; do
+    M[cpu_$d,socat-tls]=$(sum "${M[ccpu_$d,socat-tls]}" "${M[rcpu_$d,socat-tls]}")
+    M[cpu_$d,iap-ssh]=$(sum "${M[ccpu_$d,iap-ssh]}" "${M[rcpu_$d,iap-ssh]}")
+done
+WINDOW_MBPS=$(awk -v ms="$DELAY_MS" 'BEGIN{printf "%.1f", 1048576/(2*ms/1000)/1e6}')
+far_bound() { awk -v w="$WINDOW_MBPS" -v s="$1" 'BEGIN{ if (s=="-") print w; else printf "%.1f", (s<w?s:w) }'; }
 IFS=, read -ra idle_n <<<"$steps"
 N1=${idle_n[0]} N2=${idle_n[-1]}
 for n in "${idle_n[@]}"; do
@@ -470,6 +764,88 @@ table() {
 EOF
 }
 
+round_two() {
+    local s mode name n d
+    cat <<EOF
+| measure | direct TCP | socat TLS pair | iap-ssh ↔ iap-relay | ratio iap-ssh / socat TLS |
+|---|---:|---:|---:|---|
+EOF
+    for s in 1 1024; do
+        for mode in "" -listen; do
+            name="stdio"
+            [[ -n $mode ]] && name="listener"
+            echo "| ${s} B round trip, $name, µs p50 / p99 / p99.9 | ${M[lat50_$s,direct]} / ${M[lat99_$s,direct]} / ${M[lat999_$s,direct]} | ${M[lat50_$s,socat-tls$mode]} / ${M[lat99_$s,socat-tls$mode]} / ${M[lat999_$s,socat-tls$mode]} | ${M[lat50_$s,iap-ssh$mode]} / ${M[lat99_$s,iap-ssh$mode]} / ${M[lat999_$s,iap-ssh$mode]} | p50 **$(ratio "${M[lat50_$s,iap-ssh$mode]}" "${M[lat50_$s,socat-tls$mode]}")**, p99 **$(ratio "${M[lat99_$s,iap-ssh$mode]}" "${M[lat99_$s,socat-tls$mode]}")** |"
+        done
+    done
+    for n in 16 64; do
+        echo "| $n downloads of $PAR_MIB MiB at once: aggregate MB/s (fastest / slowest s) | | ${M[par_mbps_$n,socat-tls]} (${M[par_fast_$n,socat-tls]} / ${M[par_slow_$n,socat-tls]}) | ${M[par_mbps_$n,iap-ssh]} (${M[par_fast_$n,iap-ssh]} / ${M[par_slow_$n,iap-ssh]}) | **$(ratio "${M[par_mbps_$n,iap-ssh]}" "${M[par_mbps_$n,socat-tls]}")**; slowest/fastest $(ratio "${M[par_slow_$n,iap-ssh]}" "${M[par_fast_$n,iap-ssh]}") |"
+    done
+    for d in up down; do
+        echo "| bulk $d, MB/s ($SIZE_MIB MiB) | | ${M[tput_$d,socat-tls]} | ${M[tput_$d,iap-ssh]} | **$(ratio "${M[tput_$d,iap-ssh]}" "${M[tput_$d,socat-tls]}")** |"
+        echo "| CPU s/GiB $d, client + relay | | ${M[ccpu_$d,socat-tls]} + ${M[rcpu_$d,socat-tls]} = ${M[cpu_$d,socat-tls]} | ${M[ccpu_$d,iap-ssh]} + ${M[rcpu_$d,iap-ssh]} = ${M[cpu_$d,iap-ssh]} | **$(ratio "${M[cpu_$d,iap-ssh]}" "${M[cpu_$d,socat-tls]}")** |"
+    done
+    cat <<EOF
+
+| measure | HAProxy (TLS terminated) | iap-relay | ratio |
+|---|---:|---:|---|
+| tunnel setups per second, 64 dialers ($SETUPS) | ${M[setup_rate,haproxy]} | ${M[setup_rate,iap-relay]} | **$(ratio "${M[setup_rate,iap-relay]}" "${M[setup_rate,haproxy]}")** |
+| setup latency p50 / p99, ms | ${M[setup_p50,haproxy]} / ${M[setup_p99,haproxy]} | ${M[setup_p50,iap-relay]} / ${M[setup_p99,iap-relay]} | p99 **$(ratio "${M[setup_p99,iap-relay]}" "${M[setup_p99,haproxy]}")** |
+
+| through a delay line, ${DELAY_MS} ms each way | socat TLS pair | iap-ssh ↔ iap-relay | gcloud ↔ iap-relay | window/RTT bound (1 MiB) |
+|---|---:|---:|---:|---:|
+| upload, MB/s ($DELAY_MIB MiB; gcloud $GC_MIB MiB) | ${M[far_up,socat-tls]} | ${M[far_up,iap-ssh]} | ${M[far_up,gcloud]} | $WINDOW_MBPS |
+| download, MB/s | ${M[far_down,socat-tls]} | ${M[far_down,iap-ssh]} | ${M[far_down,gcloud]} | $WINDOW_MBPS |
+
+| Ansible, $FLEET_HOSTS hosts, forks=10, 4 tasks | direct (socat) | direct, ControlPersist | iap-ssh | iap-ssh, ControlPersist | gcloud |
+|---|---:|---:|---:|---:|---:|
+| wall time, s | ${M[fleet_wall,direct]} | ${M[fleet_wall,direct-cp]} | ${M[fleet_wall,iap-ssh]} | ${M[fleet_wall,iap-ssh-cp]} | ${M[fleet_wall,gcloud]} |
+| control-node CPU, s | ${M[fleet_cpu,direct]} | ${M[fleet_cpu,direct-cp]} | ${M[fleet_cpu,iap-ssh]} | ${M[fleet_cpu,iap-ssh-cp]} | ${M[fleet_cpu,gcloud]} |
+EOF
+}
+
+targets_two() {
+    local s mode name p r n d bound
+    cat <<EOF
+| target | figure | status |
+|---|---|---|
+EOF
+    for s in 1 1024; do
+        for mode in "" -listen; do
+            name="stdio"
+            [[ -n $mode ]] && name="listener"
+            for p in 50 99; do
+                r=$(ratio "${M[lat${p}_$s,iap-ssh$mode]}" "${M[lat${p}_$s,socat-tls$mode]}")
+                echo "| latency p$p ≤ 1.1× socat TLS, $s B, $name | ${r}× (${M[lat${p}_$s,iap-ssh$mode]} vs ${M[lat${p}_$s,socat-tls$mode]} µs) | $(verdict "$r" '<=' 1.1) |"
+            done
+        done
+    done
+    r=$(ratio "${M[fleet_wall,iap-ssh]}" "${M[fleet_wall,direct]}")
+    echo "| Ansible ≤ 1.05× direct, no ControlPersist | ${r}× (${M[fleet_wall,iap-ssh]} vs ${M[fleet_wall,direct]} s); gcloud $(ratio "${M[fleet_wall,gcloud]}" "${M[fleet_wall,direct]}")× | $(verdict "$r" '<=' 1.05) |"
+    r=$(ratio "${M[fleet_wall,iap-ssh-cp]}" "${M[fleet_wall,direct-cp]}")
+    echo "| Ansible ≤ 1.05× direct, ControlPersist | ${r}× (${M[fleet_wall,iap-ssh-cp]} vs ${M[fleet_wall,direct-cp]} s) | $(verdict "$r" '<=' 1.05) |"
+    for n in 16 64; do
+        r=$(ratio "${M[par_mbps_$n,iap-ssh]}" "${M[par_mbps_$n,socat-tls]}")
+        echo "| aggregate at $n tunnels ≥ 1.0× socat TLS | ${r}× | $(verdict "$r" '>=' 1.0) |"
+        r=$(ratio "${M[par_slow_$n,iap-ssh]}" "${M[par_fast_$n,iap-ssh]}")
+        echo "| slowest ≤ 1.5× fastest at $n | ${r}× | $(verdict "$r" '<=' 1.5) |"
+    done
+    r=$(ratio "${M[setup_rate,iap-relay]}" "${M[setup_rate,haproxy]}")
+    echo "| setup rate ≥ 0.8× HAProxy | ${r}× (${M[setup_rate,iap-relay]} vs ${M[setup_rate,haproxy]}/s) | $(verdict "$r" '>=' 0.8) |"
+    r=$(ratio "${M[setup_p99,iap-relay]}" "${M[setup_p99,haproxy]}")
+    echo "| setup p99 ≤ 2× HAProxy | ${r}× | $(verdict "$r" '<=' 2) |"
+    for d in up down; do
+        r=$(ratio "${M[cpu_$d,iap-ssh]}" "${M[cpu_$d,socat-tls]}")
+        echo "| client + relay CPU/GiB ≤ socat TLS pair, $d | ${r}× | $(verdict "$r" '<=' 1.0) |"
+        bound=$(far_bound "${M[far_$d,socat-tls]}")
+        r=$(ratio "${M[far_$d,iap-ssh]}" "$bound")
+        echo "| delay line $d ≥ 0.9× min(window/RTT, socat TLS) | ${r}× (${M[far_$d,iap-ssh]} vs $bound MB/s) | $(verdict "$r" '>=' 0.9) |"
+        r=$(ratio "${M[tput_$d,iap-ssh]}" "${M[tput_$d,socat-tls]}")
+        echo "| bulk $d ≥ 1.0× socat TLS | ${r}× | $(verdict "$r" '>=' 1.0) |"
+    done
+    echo "| relay ≤ 16 KiB per idle tunnel | ${M[pt,$N2]} KiB at $N2 | $(verdict "${M[pt,$N2]}" '<=' 16) |"
+    echo "| exec to session id ≤ 3 ms | ${M[session_id,iap-ssh]} ms | $(verdict "${M[session_id,iap-ssh]}" '<=' 3) |"
+}
+
 targets() {
     cat <<EOF
 | target | figure | status |
@@ -488,6 +864,10 @@ echo "Medians of $RUNS runs (start-up: $STARTUP_RUNS runs); MB = 10^6 bytes; rat
 table "$N1" "$N2"
 echo
 targets
+echo
+round_two
+echo
+targets_two
 if [[ $PROFILE == 1 ]]; then
     for f in client-up client-down relay; do
         echo
@@ -534,7 +914,29 @@ $(table "$N1" "$N2")
 ## Targets
 
 $(targets)
+
+## Latency, concurrency, setup rate, distance and whole Ansible runs
+
+Latency is request/response round trips of 1 B and 1 KiB to an echo service (TCP_NODELAY),
+$LAT_COUNT per figure after a tenth as warm-up, through a client's stdin/stdout (stdio) or a
+local port (listener: \`iap-ssh --listen\`, \`socat TCP-LISTEN … OPENSSL:…\`). The socat TLS
+pair is \`socat - OPENSSL:…\` → \`socat OPENSSL-LISTEN:… TCP:backend\` with the relay's
+certificate: the same shape as iap-ssh ↔ iap-relay, in C with OpenSSL. Concurrency runs N
+client processes at once, each downloading $PAR_MIB MiB. Setup is a connect, one byte echoed
+and a close, 64 at a time, against HAProxy terminating TLS in front of the same echo service.
+The delay line (\`examples/bench_net.rs delay\`) holds each chunk ${DELAY_MS} ms in each
+direction with no bandwidth limit (tokio's timer rounds each hold up to the next millisecond).
+The Ansible rows time \`ansible-playbook\` over $FLEET_HOSTS inventory hosts (instances of the
+relay, all leading to the loopback sshd) with forks=10 and four tasks (command, copy of
+100 KiB, shell, stat); CPU is GNU time's user+system of ansible-playbook and everything it
+waited for (workers, ssh, ProxyCommands), not sshd's. "direct" is \`socat - TCP:%h:%p\`
+(nc is not installed).
+
+$(round_two)
+
+$(targets_two)
 EOF
+
     if [[ $PROFILE == 1 ]]; then
         cat <<EOF
 
