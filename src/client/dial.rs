@@ -409,7 +409,11 @@ pub const REQUEST_REASON_HEADER: &str = "x-goog-request-reason";
 /// the two steps apart.
 async fn connect_tcp(host: &str, port: u16, clock: &mut StepClock) -> std::io::Result<TcpStream> {
     let addrs: Vec<_> = tokio::net::lookup_host((host, port)).await?.collect();
-    clock.done(&format!("DNS lookup of {host} ({} addresses)", addrs.len()));
+    let n = addrs.len();
+    clock.done(&format!(
+        "DNS lookup of {host} ({n} address{})",
+        if n == 1 { "" } else { "es" }
+    ));
     let mut last = None;
     for addr in addrs {
         match TcpStream::connect(addr).await {
