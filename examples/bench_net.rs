@@ -51,7 +51,9 @@ const OVERALL_LIMIT: Duration = Duration::from_secs(900);
 fn main() -> Result<(), BoxError> {
     let args: Vec<String> = std::env::args().skip(1).collect();
     let Some((cmd, rest)) = args.split_first() else {
-        return Err("usage: bench_net echo | rtt ... | parallel ... | setup ... | delay ...".into());
+        return Err(
+            "usage: bench_net echo | rtt ... | parallel ... | setup ... | delay ...".into(),
+        );
     };
     match cmd.as_str() {
         "rtt" => return rtt(rest),
@@ -252,7 +254,20 @@ async fn setup(args: &[String]) -> Result<(), BoxError> {
         return Err("usage: setup relay ... | setup tls ...".into());
     };
     let (n, conc, one): (usize, usize, SetupFn) = match (kind.as_str(), rest) {
-        ("relay", [endpoint, ca, token_file, project, zone, instance, port, n, conc]) => {
+        (
+            "relay",
+            [
+                endpoint,
+                ca,
+                token_file,
+                project,
+                zone,
+                instance,
+                port,
+                n,
+                conc,
+            ],
+        ) => {
             let dialer = Arc::new(Dialer {
                 endpoint: Endpoint::parse(endpoint).map_err(|e| format!("{e:#}"))?,
                 tls: tls_config(Some(Path::new(ca))).map_err(|e| format!("{e:#}"))?,
@@ -325,7 +340,8 @@ async fn relay_setup(dialer: &Dialer, token: &Token, query: &str) -> Result<(), 
         .await
         .map_err(|e| e.message)?;
     match ws.next().await {
-        Some(Ok(Message::Binary(b))) if matches!(Frame::decode(&b), Ok(Frame::ConnectSuccessSid(_))) => {}
+        Some(Ok(Message::Binary(b)))
+            if matches!(Frame::decode(&b), Ok(Frame::ConnectSuccessSid(_))) => {}
         other => return Err(format!("no session id: {other:?}").into()),
     }
     ws.send(Message::Binary(Frame::Data(b"x").to_bytes()))
@@ -387,10 +403,7 @@ async fn delay(args: &[String]) -> Result<(), BoxError> {
                 let _ = server.set_nodelay(true);
                 let (cr, cw) = client.into_split();
                 let (sr, sw) = server.into_split();
-                tokio::join!(
-                    delayed_copy(cr, sw, one_way),
-                    delayed_copy(sr, cw, one_way)
-                );
+                tokio::join!(delayed_copy(cr, sw, one_way), delayed_copy(sr, cw, one_way));
             });
         }
     };

@@ -113,6 +113,26 @@ impl<'a> Frame<'a> {
     /// A [`FrameError`] for a short, oversized, empty or over-long message. Unknown tags are
     /// not an error: they decode to [`Frame::Unknown`] so that callers can ignore them.
     pub fn decode(msg: &'a [u8]) -> Result<Frame<'a>, FrameError> {
+        let (frame, extra) = Self::decode_parts(msg, false)?;
+        if extra > 0 {
+            let tag = msg.first_chunk::<2>().map_or(0, |t| u16::from_be_bytes(*t));
+            return Err(FrameError::TrailingBytes { tag, extra });
+        }
+        Ok(frame)
+    }
+
+    /// Decodes one relay message as gcloud does on the client side: bytes after a complete
+    /// body are not an error but are counted in the second value, and a DATA message with no
+    /// payload decodes to an empty [`Frame::Data`]. Callers discard both with a debug line.
+    /// The relay keeps using the strict [`decode`](Self::decode) toward clients.
+    ///
+    /// # Errors
+    /// A [`FrameError`] for a short or oversized message, or an empty session id.
+    pub fn decode_tolerant(msg: &'a [u8]) -> Result<(Frame<'a>, usize), FrameError> {
+        Self::decode_parts(msg, true)
+    }
+
+    fn decode_parts(msg: &'a [u8], tolerant: bool) -> Result<(Frame<'a>, usize), FrameError> {
         let (tag, body) = match msg {
             [hi, lo, body @ ..] => (u16::from_be_bytes([*hi, *lo]), body),
             _ => return Err(FrameError::MissingTag),
@@ -125,6 +145,10 @@ impl<'a> Frame<'a> {
             TAG_RECONNECT_SUCCESS_ACK => {
                 let (n, rest) = u64_be(tag, body)?;
                 (Frame::ReconnectSuccessAck(n), rest)
+            }
+            TAG_DATA if tolerant => {
+                let (payload, rest) = array_allow_empty(tag, body)?;
+                (Frame::Data(payload), rest)
             }
             TAG_DATA => {
                 let (payload, rest) = array(tag, body)?;
@@ -139,15 +163,9 @@ impl<'a> Frame<'a> {
                 let (reason, rest) = array_allow_empty(tag, rest)?;
                 (Frame::LongClose { code, reason }, rest)
             }
-            other => return Ok(Frame::Unknown(other)),
+            other => return Ok((Frame::Unknown(other), 0)),
         };
-        if !rest.is_empty() {
-            return Err(FrameError::TrailingBytes {
-                tag,
-                extra: rest.len(),
-            });
-        }
-        Ok(frame)
+        Ok((frame, rest.len()))
     }
 
     /// Appends the encoded message to `out`.
@@ -385,6 +403,36 @@ mod tests {
                 &bytes[..bytes.len().min(12)]
             );
             assert!(!err.to_string().is_empty());
+        }
+    }
+
+    #[test]
+    fn tolerant_decoding_counts_trailing_bytes_and_allows_empty_data() {
+        type Decoded = Result<(Frame<'static>, usize), FrameError>;
+        let cases: &[(&[u8], Decoded)] = &[
+            (
+                &[0x00, 0x04, 0, 0, 0, 1, 5, 6, 7],
+                Ok((Frame::Data(&[5]), 2)),
+            ),
+            (&[0x00, 0x04, 0, 0, 0, 0], Ok((Frame::Data(&[]), 0))),
+            (&[0x00, 0x04, 0, 0, 0, 0, 9], Ok((Frame::Data(&[]), 1))),
+            (
+                &[0x00, 0x07, 0, 0, 0, 0, 0, 0, 0, 1, 9],
+                Ok((Frame::Ack(1), 1)),
+            ),
+            (
+                &[0x00, 0x01, 0, 0, 0, 1, b's', 0],
+                Ok((Frame::ConnectSuccessSid(b"s"), 1)),
+            ),
+            (&[0x00, 0x01, 0, 0, 0, 0], Err(FrameError::Empty { tag: 1 })),
+            (
+                &[0x00, 0x04, 0, 0, 0, 3, 1],
+                Err(FrameError::Truncated { tag: 4 }),
+            ),
+            (&[0x12, 0x34, 1, 2], Ok((Frame::Unknown(0x1234), 0))),
+        ];
+        for (bytes, want) in cases {
+            assert_eq!(&Frame::decode_tolerant(bytes), want, "input {bytes:02x?}");
         }
     }
 

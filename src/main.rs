@@ -24,7 +24,7 @@ use tokio_util::sync::CancellationToken;
     example = "As an ssh ProxyCommand (stdin and stdout are the tunnel):\n  ssh -o ProxyCommand='iap-ssh %h %p' vm-1.us-central1-a.my-project.iap\n  ssh -o ProxyCommand='iap-ssh --project my-project --zone us-central1-a %h %p' vm-1",
     example = "A local port, one tunnel per connection (RDP, databases):\n  iap-ssh --listen 127.0.0.1:0 vm-1.us-central1-a.my-project 3389",
     example = "Check a tunnel, or write a Host block for ~/.ssh/config:\n  iap-ssh --check vm-1.us-central1-a.my-project 22\n  iap-ssh --print-ssh-config --project my-project >> ~/.ssh/config",
-    note = "HOST is INSTANCE[.ZONE[.PROJECT]] with an optional suffix (--host-suffix, default .iap),\nor an IP address or DNS name with --region and --network.\n\nProject and zone, first found: HOST, --project and --zone, CLOUDSDK_CORE_PROJECT and\nCLOUDSDK_COMPUTE_ZONE, the active gcloud configuration (CLOUDSDK_CONFIG), the key file.\n\nEnvironment: CLOUDSDK_AUTH_ACCESS_TOKEN_FILE, GOOGLE_APPLICATION_CREDENTIALS, HTTPS_PROXY,\nNO_PROXY, XDG_CACHE_HOME (token cache), RUST_LOG.",
+    note = "HOST is INSTANCE[.ZONE[.PROJECT]] with an optional suffix (--host-suffix, default .iap),\nor an IP address or DNS name with --region and --network.\n\nProject and zone, first found: HOST, --project and --zone, CLOUDSDK_CORE_PROJECT and\nCLOUDSDK_COMPUTE_ZONE, the active gcloud configuration (CLOUDSDK_CONFIG), the key file.\n\nEnvironment: CLOUDSDK_AUTH_ACCESS_TOKEN_FILE, GOOGLE_APPLICATION_CREDENTIALS,\nCLOUDSDK_CORE_REQUEST_REASON, CLOUDSDK_CORE_UNIVERSE_DOMAIN, HTTPS_PROXY, NO_PROXY,\nXDG_CACHE_HOME (token cache), RUST_LOG.",
     error_code(1, "other failure"),
     error_code(2, "usage"),
     error_code(3, "authentication"),
@@ -93,10 +93,16 @@ struct Args {
     /// seconds to keep trying to resume a tunnel whose connection was lost (default: 900)
     #[argh(option)]
     resume_timeout: Option<u64>,
-    /// more diagnostics on stderr (-v, -vv)
+    /// reason for access, sent as X-Goog-Request-Reason (also CLOUDSDK_CORE_REQUEST_REASON)
+    #[argh(option)]
+    request_reason: Option<String>,
+    /// universe domain (default: googleapis.com; another one uses the relay tunnel-cloudproxy.DOMAIN; also CLOUDSDK_CORE_UNIVERSE_DOMAIN)
+    #[argh(option)]
+    universe_domain: Option<String>,
+    /// more diagnostics on stderr: -v a line per tunnel, -vv handshake steps and timings
     #[argh(switch, short = 'v')]
     verbose: u8,
-    /// print the version and exit
+    /// print the version and exit (also -V)
     #[argh(switch)]
     version: bool,
     /// HOST (INSTANCE[.ZONE[.PROJECT]], IP address or FQDN) and PORT
@@ -199,6 +205,8 @@ fn build_config(args: &Args) -> Result<TunnelConfig, (ExitKind, String)> {
         token_cache_dir,
         gcloud_config_dir,
         resume_timeout: args.resume_timeout.map(std::time::Duration::from_secs),
+        request_reason: args.request_reason.clone(),
+        universe_domain: args.universe_domain.clone(),
     };
     options.into_config(&env).map_err(|e| (e.kind, e.message))
 }
@@ -386,6 +394,8 @@ fn print_ssh_config(args: &Args) -> ExitCode {
         "--resume-timeout",
         args.resume_timeout.map(|s| s.to_string()),
     );
+    add("--request-reason", args.request_reason.clone());
+    add("--universe-domain", args.universe_domain.clone());
     if args.no_token_cache {
         options.push(("--no-token-cache".to_owned(), None));
     }
@@ -408,7 +418,7 @@ fn print_ssh_config(args: &Args) -> ExitCode {
 }
 
 fn parse_args() -> Result<Args, ExitCode> {
-    let argv: Vec<String> = std::env::args().collect();
+    let argv = short_forms(std::env::args().collect());
     let strs: Vec<&str> = argv.iter().map(String::as_str).collect();
     let (cmd, rest) = strs
         .split_first()
@@ -426,7 +436,78 @@ fn parse_args() -> Result<Args, ExitCode> {
     })
 }
 
+/// Rewrites the short forms argh does not know into ones it does: `-h` to `--help`, `-V` to
+/// `--version`, and `-vv` (`-vvv` …) to repeated `-v`. A value after an option that takes one,
+/// and everything after `--`, is left alone.
+fn short_forms(argv: Vec<String>) -> Vec<String> {
+    const SWITCHES: &[&str] = &[
+        "--check",
+        "--no-check",
+        "--print-ssh-config",
+        "--no-token-cache",
+        "--verbose",
+        "--version",
+        "--help",
+    ];
+    let mut out = Vec::with_capacity(argv.len() + 2);
+    let mut args = argv.into_iter();
+    out.extend(args.next());
+    let mut value_next = false;
+    while let Some(arg) = args.next() {
+        if std::mem::take(&mut value_next) {
+            out.push(arg);
+            continue;
+        }
+        let repeated_v = arg
+            .strip_prefix('-')
+            .filter(|vs| vs.len() >= 2 && vs.bytes().all(|b| b == b'v'))
+            .map(str::len);
+        match (arg.as_str(), repeated_v) {
+            ("--", _) => {
+                out.push(arg);
+                out.extend(args.by_ref());
+            }
+            ("-h", _) => out.push("--help".to_owned()),
+            ("-V", _) => out.push("--version".to_owned()),
+            (_, Some(n)) => out.extend(std::iter::repeat_n("-v".to_owned(), n)),
+            (a, None) => {
+                value_next = a.starts_with("--") && !a.contains('=') && !SWITCHES.contains(&a);
+                out.push(arg);
+            }
+        }
+    }
+    out
+}
+
 fn fail(kind: ExitKind, message: &str) -> ExitCode {
     eprintln!("iap-ssh: {message}");
     ExitCode::from(kind.code())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::short_forms;
+
+    #[test]
+    fn short_forms_become_long_ones() {
+        let cases = [
+            ("iap-ssh -h", "iap-ssh --help"),
+            ("iap-ssh -V", "iap-ssh --version"),
+            ("iap-ssh -vv h 22", "iap-ssh -v -v h 22"),
+            ("iap-ssh -vvv -v h 22", "iap-ssh -v -v -v -v h 22"),
+            ("iap-ssh -v -v h 22", "iap-ssh -v -v h 22"),
+            ("iap-ssh --zone -vv h 22", "iap-ssh --zone -vv h 22"),
+            (
+                "iap-ssh --request-reason -h h 22",
+                "iap-ssh --request-reason -h h 22",
+            ),
+            ("iap-ssh --check -vv h 22", "iap-ssh --check -v -v h 22"),
+            ("iap-ssh -- -vv -h", "iap-ssh -- -vv -h"),
+            ("iap-ssh -vx h", "iap-ssh -vx h"),
+        ];
+        for (input, want) in cases {
+            let argv = input.split(' ').map(str::to_owned).collect();
+            assert_eq!(short_forms(argv).join(" "), want, "{input}");
+        }
+    }
 }

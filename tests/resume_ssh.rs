@@ -1,6 +1,7 @@
 //! Real OpenSSH sessions that survive the network: scp through connection resets, an
-//! interactive session through a reset and a 10 s black hole, and unmodified gcloud resuming
-//! through `iap-relay` when the relay forces re-authentication (4004).
+//! interactive session through a reset and a 10 s black hole, the resume notices reaching an
+//! interactive user's terminal (tmux), and unmodified gcloud resuming through `iap-relay`
+//! when the relay forces re-authentication (4004).
 #![allow(
     clippy::unwrap_used,
     clippy::expect_used,
@@ -281,4 +282,149 @@ fn finished_ssh_session_closes_in_order() {
         );
         thread::sleep(Duration::from_millis(20));
     }
+}
+
+/// A tmux server of our own (its own socket in a temp folder), killed when dropped.
+struct Tmux {
+    socket: std::path::PathBuf,
+    sshd_dir: std::path::PathBuf,
+}
+
+impl Tmux {
+    fn command(&self) -> std::process::Command {
+        let mut cmd = std::process::Command::new(tool_path("tmux").expect("tmux installed"));
+        // The same hermetic environment as the ssh tests: the pane's ssh and its ProxyCommand
+        // inherit it from the tmux server this starts.
+        hermetic_env(&mut cmd, &self.sshd_dir);
+        cmd.arg("-S").arg(&self.socket).args(["-f", "/dev/null"]);
+        cmd
+    }
+
+    fn run(&self, args: &[&str]) -> std::process::Output {
+        let mut cmd = self.command();
+        cmd.args(args);
+        run_with_timeout(&mut cmd, Duration::from_secs(10))
+    }
+
+    /// The pane's text, wrapped lines joined, with its scrollback.
+    fn screen(&self) -> String {
+        let out = self.run(&["capture-pane", "-p", "-J", "-S", "-500", "-t", "notice"]);
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
+    fn type_line(&self, text: &str) {
+        let out = self.run(&["send-keys", "-t", "notice", "-l", text]);
+        assert!(out.status.success(), "{}", describe(&out));
+        self.run(&["send-keys", "-t", "notice", "Enter"]);
+    }
+
+    /// Waits up to `limit` for `want` on the screen; returns the screen.
+    fn wait_for(&self, want: &str, limit: Duration) -> String {
+        let started = Instant::now();
+        loop {
+            let screen = self.screen();
+            if screen.contains(want) {
+                return screen;
+            }
+            assert!(
+                started.elapsed() < limit,
+                "{want:?} not on the screen after {limit:?}:\n{screen}"
+            );
+            thread::sleep(Duration::from_millis(200));
+        }
+    }
+}
+
+impl Drop for Tmux {
+    fn drop(&mut self) {
+        // Ends the server on our own socket (and the ssh it runs), nothing else.
+        let _ = self.run(&["kill-server"]);
+    }
+}
+
+/// An interactive ssh user in a terminal (tmux) sees why the session froze: the relay is cut
+/// and refuses connections for 4 s, iap-ssh's notices reach the terminal ("resuming …",
+/// then "resumed …", each starting at the left margin although ssh keeps the terminal in raw
+/// mode), and the same session then runs a command.
+#[test]
+fn resume_notices_reach_an_interactive_terminal() {
+    if !require_openssh() || !require_tool("tmux") {
+        return;
+    }
+    let (relay, proxy, sshd, token_file) = faulty_path();
+    let pc = proxy_command_via(&proxy, &relay, &token_file);
+    let ssh = tool_path("ssh").expect("ssh installed");
+    let mut words = vec![ssh.display().to_string()];
+    words.extend(ssh_base_args(&sshd, &pc));
+    words.extend(["-tt".to_owned(), dotted_host()]);
+    let line: Vec<String> = words.iter().map(|w| sh_quote(w)).collect();
+    let tmux = Tmux {
+        socket: sshd.subdir("tmux").join("socket"),
+        sshd_dir: sshd.subdir(""),
+    };
+    let out = tmux.run(&[
+        "new-session",
+        "-d",
+        "-s",
+        "notice",
+        "-x",
+        "250",
+        "-y",
+        "50",
+        &line.join(" "),
+    ]);
+    assert!(out.status.success(), "tmux: {}", describe(&out));
+
+    // The shell answers: arithmetic proves the command ran remotely, not just its echo.
+    let started = Instant::now();
+    loop {
+        tmux.type_line("echo ready-$((20+1))");
+        if tmux.screen().contains("ready-21") {
+            break;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(60),
+            "no shell:\n{}\n--- sshd ---\n{}\n--- relay ---\n{}",
+            tmux.screen(),
+            sshd.log(),
+            relay.log()
+        );
+        thread::sleep(Duration::from_secs(2));
+    }
+
+    // The relay goes away: the connection is cut and new ones are refused for 4 s.
+    proxy.refuse_new(true);
+    assert!(proxy.reset_all() >= 1, "a live connection was cut");
+    tmux.wait_for(
+        &format!("iap-ssh: resuming the tunnel to vm-1 port {} in", sshd.port),
+        Duration::from_secs(20),
+    );
+    thread::sleep(Duration::from_secs(3));
+    proxy.refuse_new(false);
+    let screen = tmux.wait_for(
+        "iap-ssh: resumed the tunnel to vm-1",
+        Duration::from_secs(60),
+    );
+    assert!(
+        screen.lines().any(|l| l.starts_with(&format!(
+            "iap-ssh: resumed the tunnel to vm-1 port {} in ",
+            sshd.port
+        ))),
+        "the notice starts at the left margin:\n{screen}"
+    );
+    assert!(
+        screen.contains("the connection to the relay was lost ("),
+        "{screen}"
+    );
+    eprintln!("the terminal after the resume:\n{screen}");
+
+    // The same session works.
+    tmux.type_line("echo after-$((40+2))");
+    tmux.wait_for("after-42", Duration::from_secs(30));
+    tmux.type_line("exit");
+    assert!(
+        relay.log().matches(" reconnect ").count() >= 1,
+        "{}",
+        relay.log()
+    );
 }

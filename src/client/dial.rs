@@ -134,10 +134,17 @@ impl Endpoint {
         } else {
             self.host.clone()
         };
-        format!(
-            "{scheme}://{host}:{}{}/{endpoint}?{query}",
-            self.port, self.root
-        )
+        // Like gcloud (and browsers), leave the scheme's default port out: the URL's authority
+        // becomes the Host header, and gcloud sends `Host: tunnel.cloudproxy.app`.
+        let default_port = if self.tls { 443 } else { 80 };
+        if self.port == default_port {
+            format!("{scheme}://{host}{}/{endpoint}?{query}", self.root)
+        } else {
+            format!(
+                "{scheme}://{host}:{}{}/{endpoint}?{query}",
+                self.port, self.root
+            )
+        }
     }
 
     /// The same endpoint reached through `proxy`. Plain `ws://` is only for a loopback relay,
@@ -306,15 +313,35 @@ impl Dialer {
         query: &str,
         token: &Token,
     ) -> Result<RelaySocket, DialError> {
+        self.open_with(endpoint, query, token, None).await
+    }
+
+    /// [`open`](Self::open), also sending `X-Goog-Request-Reason: <request_reason>` when given
+    /// (gcloud's `--request-reason`). Each step's time is logged at debug level (`-vv`).
+    ///
+    /// # Errors
+    /// As [`open`](Self::open).
+    pub async fn open_with(
+        &self,
+        endpoint: &str,
+        query: &str,
+        token: &Token,
+        request_reason: Option<&HeaderValue>,
+    ) -> Result<RelaySocket, DialError> {
         let relay = self.endpoint.authority();
         let other = |message: String| dial_error(ExitKind::Other, message);
         let (host, port) = (self.endpoint.host.as_str(), self.endpoint.port);
+        let mut clock = StepClock::new();
         let tcp = match &self.endpoint.proxy {
-            Some(proxy) => step(proxy.connect(host, port, &self.user_agent), || {
-                format!("connecting to the relay at {relay} through the proxy at {}", proxy.authority())
-            })
-            .await??,
-            _ => step(TcpStream::connect((host, port)), || {
+            Some(proxy) => {
+                let tcp = step(proxy.connect(host, port, &self.user_agent), || {
+                    format!("connecting to the relay at {relay} through the proxy at {}", proxy.authority())
+                })
+                .await??;
+                clock.done(&format!("proxy CONNECT to {relay} through {}", proxy.authority()));
+                tcp
+            }
+            _ => step(connect_tcp(host, port, &mut clock), || {
                 format!("connecting to the relay at {relay}")
             })
             .await?
@@ -339,6 +366,7 @@ impl Dialer {
                     "TLS handshake with the relay at {relay} failed: {e}: if the relay uses a private CA, pass it with --ca-file"
                 )))
             })?;
+            clock.done("TLS handshake");
             Either::Left(tls)
         } else {
             Either::Right(tcp)
@@ -359,6 +387,9 @@ impl Dialer {
         if let Ok(ua) = HeaderValue::from_str(&self.user_agent) {
             headers.insert(header::USER_AGENT, ua);
         }
+        if let Some(reason) = request_reason {
+            headers.insert(REQUEST_REASON_HEADER, reason.clone());
+        }
 
         let (ws, _response) = step(
             tokio_tungstenite::client_async_with_config(request, stream, Some(websocket_config())),
@@ -366,8 +397,73 @@ impl Dialer {
         )
         .await?
         .map_err(|e| upgrade_error(&relay, e))?;
+        clock.done(&format!("WebSocket upgrade (/{endpoint})"));
         Ok(ws)
     }
+}
+
+/// The header gcloud sends with the value of `--request-reason` (`core/request_reason`).
+pub const REQUEST_REASON_HEADER: &str = "x-goog-request-reason";
+
+/// Resolves `host` and connects to its addresses in turn (as `TcpStream::connect` does), timing
+/// the two steps apart.
+async fn connect_tcp(host: &str, port: u16, clock: &mut StepClock) -> std::io::Result<TcpStream> {
+    let addrs: Vec<_> = tokio::net::lookup_host((host, port)).await?.collect();
+    let n = addrs.len();
+    clock.done(&format!(
+        "DNS lookup of {host} ({n} address{})",
+        if n == 1 { "" } else { "es" }
+    ));
+    let mut last = None;
+    for addr in addrs {
+        match TcpStream::connect(addr).await {
+            Ok(tcp) => {
+                clock.done(&format!("TCP connect to {addr}"));
+                return Ok(tcp);
+            }
+            Err(e) => {
+                tracing::debug!(%addr, error = %e, "TCP connect failed");
+                last = Some(e);
+            }
+        }
+    }
+    Err(last.unwrap_or_else(|| {
+        std::io::Error::new(
+            std::io::ErrorKind::NotFound,
+            format!("{host} resolved to no address"),
+        )
+    }))
+}
+
+/// Logs how long each handshake step took, at debug level (`-vv`).
+struct StepClock {
+    started: std::time::Instant,
+    last: std::time::Instant,
+}
+
+impl StepClock {
+    fn new() -> StepClock {
+        let now = std::time::Instant::now();
+        StepClock {
+            started: now,
+            last: now,
+        }
+    }
+
+    fn done(&mut self, what: &str) {
+        let now = std::time::Instant::now();
+        tracing::debug!(
+            ms = millis(now - self.last),
+            total_ms = millis(now - self.started),
+            "handshake: {what}"
+        );
+        self.last = now;
+    }
+}
+
+/// Milliseconds with one decimal, for timing lines.
+pub fn millis(d: Duration) -> f64 {
+    (d.as_secs_f64() * 10_000.0).round() / 10.0
 }
 
 async fn step<F: Future>(fut: F, what: impl FnOnce() -> String) -> Result<F::Output, DialError> {
@@ -463,21 +559,41 @@ mod tests {
         let cases = [
             (
                 "wss://tunnel.cloudproxy.app/v4",
-                "wss://tunnel.cloudproxy.app:443/v4/connect?q",
+                "wss://tunnel.cloudproxy.app/v4/connect?q",
             ),
             ("wss://127.0.0.1:8443", "wss://127.0.0.1:8443/v4/connect?q"),
             ("wss://127.0.0.1:8443/", "wss://127.0.0.1:8443/v4/connect?q"),
             (
                 "wss://relay.example/custom/",
-                "wss://relay.example:443/custom/connect?q",
+                "wss://relay.example/custom/connect?q",
             ),
             ("wss://[::1]:9000", "wss://[::1]:9000/v4/connect?q"),
-            ("ws://127.0.0.1:80", "ws://127.0.0.1:80/v4/connect?q"),
+            ("ws://127.0.0.1:80", "ws://127.0.0.1/v4/connect?q"),
+            (
+                "wss://tunnel.cloudproxy.app:8443",
+                "wss://tunnel.cloudproxy.app:8443/v4/connect?q",
+            ),
+            ("wss://[::1]:443", "wss://[::1]/v4/connect?q"),
             ("ws://localhost:8080/v4", "ws://localhost:8080/v4/connect?q"),
         ];
         for (input, url) in cases {
             let endpoint = Endpoint::parse(input).unwrap();
             assert_eq!(endpoint.url("connect", "q"), url, "{input}");
+        }
+    }
+
+    #[test]
+    fn host_header_leaves_the_default_port_out_as_gcloud_does() {
+        let cases = [
+            (DEFAULT_ENDPOINT, "tunnel.cloudproxy.app"),
+            (DEFAULT_MTLS_ENDPOINT, "mtls.tunnel.cloudproxy.app"),
+            ("wss://relay.example:8443/v4", "relay.example:8443"),
+            ("ws://127.0.0.1:8080", "127.0.0.1:8080"),
+        ];
+        for (endpoint, host) in cases {
+            let url = Endpoint::parse(endpoint).unwrap().url("connect", "q");
+            let request = url.as_str().into_client_request().unwrap();
+            assert_eq!(request.headers()[header::HOST], host, "{endpoint}");
         }
     }
 

@@ -7,6 +7,7 @@ pub mod config;
 pub mod dial;
 pub mod listen;
 pub mod proxy;
+pub mod report;
 pub mod ssh_config;
 pub mod stdio;
 pub mod tunnel;
@@ -19,6 +20,7 @@ use cache::TokenCache;
 use config::{Fallback, TargetArgs};
 use dial::{ClientIdentity, Dialer, Endpoint};
 use proxy::Proxy;
+use tokio_tungstenite::tungstenite::http::HeaderValue;
 use tunnel::{Failure, TunnelConfig};
 
 /// The client's settings as the command line gives them, before validation.
@@ -50,6 +52,45 @@ pub struct Options {
     pub gcloud_config_dir: Option<PathBuf>,
     /// `--resume-timeout`: how long to keep trying to resume a lost tunnel.
     pub resume_timeout: Option<std::time::Duration>,
+    /// `--request-reason`: sent as `X-Goog-Request-Reason` (else `CLOUDSDK_CORE_REQUEST_REASON`).
+    pub request_reason: Option<String>,
+    /// `--universe-domain`: the Google Cloud universe (else `CLOUDSDK_CORE_UNIVERSE_DOMAIN`;
+    /// default `googleapis.com`). Another universe's relay is `tunnel-cloudproxy.<domain>`.
+    pub universe_domain: Option<String>,
+}
+
+/// The universe domain of Google's public cloud.
+pub const DEFAULT_UNIVERSE_DOMAIN: &str = "googleapis.com";
+
+/// The default relay endpoint for `universe` (gcloud's rule): Google's relay in the default
+/// universe (its mTLS host when a client certificate is used), else
+/// `wss://tunnel-cloudproxy.<universe>/v4`, which has no mTLS variant.
+///
+/// # Errors
+/// When `universe` is not a domain name.
+pub fn default_endpoint(universe: Option<&str>, mtls: bool) -> Result<String, String> {
+    match universe {
+        None | Some(DEFAULT_UNIVERSE_DOMAIN) => Ok(if mtls {
+            dial::DEFAULT_MTLS_ENDPOINT
+        } else {
+            dial::DEFAULT_ENDPOINT
+        }
+        .to_owned()),
+        Some(domain) => {
+            let label_ok = |l: &str| {
+                !l.is_empty()
+                    && !l.starts_with('-')
+                    && !l.ends_with('-')
+                    && l.chars().all(|c| c.is_ascii_alphanumeric() || c == '-')
+            };
+            if domain.len() > 253 || !domain.split('.').all(label_ok) {
+                return Err(format!(
+                    "universe domain {domain:?} is not a domain name: give one such as {DEFAULT_UNIVERSE_DOMAIN} (--universe-domain or CLOUDSDK_CORE_UNIVERSE_DOMAIN)"
+                ));
+            }
+            Ok(format!("wss://tunnel-cloudproxy.{domain}/v4"))
+        }
+    }
 }
 
 fn usage(message: String) -> Failure {
@@ -91,13 +132,34 @@ impl Options {
                 ));
             }
         };
+        // First found wins: the flag, then the environment. The gcloud property
+        // core/universe_domain of the active configuration belongs after these.
+        let universe = self
+            .universe_domain
+            .clone()
+            .or_else(|| env("CLOUDSDK_CORE_UNIVERSE_DOMAIN"))
+            .filter(|u| !u.is_empty());
         // gcloud switches to the mTLS relay when a device certificate is in use.
-        let default_endpoint = match client {
-            Some(_) => dial::DEFAULT_MTLS_ENDPOINT,
-            None => dial::DEFAULT_ENDPOINT,
-        };
-        let endpoint = Endpoint::parse(self.endpoint.as_deref().unwrap_or(default_endpoint))
+        let default_endpoint =
+            default_endpoint(universe.as_deref(), client.is_some()).map_err(usage)?;
+        let endpoint = Endpoint::parse(self.endpoint.as_deref().unwrap_or(&default_endpoint))
             .map_err(|e| usage(format!("{e:#}")))?;
+        // The flag, then the environment; the gcloud property core/request_reason belongs
+        // after these.
+        let request_reason = self
+            .request_reason
+            .clone()
+            .or_else(|| env("CLOUDSDK_CORE_REQUEST_REASON"))
+            .filter(|r| !r.is_empty())
+            .map(|r| {
+                HeaderValue::from_str(&r).map_err(|_| {
+                    usage(
+                        "the request reason (--request-reason or CLOUDSDK_CORE_REQUEST_REASON) must be one line of text without control characters"
+                            .to_owned(),
+                    )
+                })
+            })
+            .transpose()?;
         let tls = dial::tls_config_with_client(self.ca_file.as_deref(), client)
             .map_err(|e| usage(format!("{e:#}")))?;
         let proxy = Proxy::select(self.proxy.as_deref(), env, endpoint.host()).map_err(usage)?;
@@ -144,6 +206,7 @@ impl Options {
                     .unwrap_or(tunnel::ResumeSettings::default().budget),
                 ..tunnel::ResumeSettings::default()
             },
+            request_reason,
         })
     }
 }
@@ -243,6 +306,85 @@ mod tests {
         .into_config(&no_env)
         .unwrap();
         assert_eq!(custom.dialer.endpoint.authority(), "relay.example:443");
+    }
+
+    #[test]
+    fn universe_domain_picks_the_relay_host() {
+        let dir = tempfile::tempdir().unwrap();
+        let no_env = |_: &str| None;
+        let host = |o: Options, env: &dyn Fn(&str) -> Option<String>| {
+            o.into_config(env).map(|c| c.dialer.endpoint.authority())
+        };
+        let with = |u: &str| Options {
+            universe_domain: Some(u.to_owned()),
+            ..options(dir.path())
+        };
+        assert_eq!(
+            host(with("googleapis.com"), &no_env).unwrap(),
+            "tunnel.cloudproxy.app:443"
+        );
+        assert_eq!(
+            host(with("example-cloud.eu"), &no_env).unwrap(),
+            "tunnel-cloudproxy.example-cloud.eu:443"
+        );
+        let env = |k: &str| (k == "CLOUDSDK_CORE_UNIVERSE_DOMAIN").then(|| "u.example".to_owned());
+        assert_eq!(
+            host(options(dir.path()), &env).unwrap(),
+            "tunnel-cloudproxy.u.example:443"
+        );
+        // The flag wins over the environment, and --endpoint over both.
+        assert_eq!(
+            host(with("googleapis.com"), &env).unwrap(),
+            "tunnel.cloudproxy.app:443"
+        );
+        let explicit = Options {
+            endpoint: Some("wss://relay.example".into()),
+            ..with("u.example")
+        };
+        assert_eq!(host(explicit, &no_env).unwrap(), "relay.example:443");
+        for bad in ["a..b", "-x.com", "x y", "x/y", "x.com:80"] {
+            let err = with(bad).into_config(&no_env).unwrap_err();
+            assert_eq!(err.kind, ExitKind::Usage, "{bad}");
+            assert!(
+                err.message.contains("is not a domain name"),
+                "{}",
+                err.message
+            );
+        }
+        assert_eq!(
+            default_endpoint(Some("u.example"), true).unwrap(),
+            "wss://tunnel-cloudproxy.u.example/v4",
+            "no mTLS host outside the default universe, as in gcloud"
+        );
+    }
+
+    #[test]
+    fn request_reason_comes_from_the_flag_or_the_environment() {
+        let dir = tempfile::tempdir().unwrap();
+        let env = |k: &str| (k == "CLOUDSDK_CORE_REQUEST_REASON").then(|| "from env".to_owned());
+        let reason = |o: Options, env: &dyn Fn(&str) -> Option<String>| {
+            o.into_config(env).map(|c| {
+                c.request_reason
+                    .map(|v| v.to_str().unwrap_or("?").to_owned())
+            })
+        };
+        assert_eq!(reason(options(dir.path()), &|_| None).unwrap(), None);
+        assert_eq!(
+            reason(options(dir.path()), &env).unwrap().as_deref(),
+            Some("from env")
+        );
+        let flag = Options {
+            request_reason: Some("ticket 42".into()),
+            ..options(dir.path())
+        };
+        assert_eq!(reason(flag, &env).unwrap().as_deref(), Some("ticket 42"));
+        let bad = Options {
+            request_reason: Some("two\nlines".into()),
+            ..options(dir.path())
+        };
+        let err = bad.into_config(&|_| None).unwrap_err();
+        assert_eq!(err.kind, ExitKind::Usage);
+        assert!(err.message.contains("request reason"), "{}", err.message);
     }
 
     #[test]

@@ -6,10 +6,12 @@ use std::time::{Duration, Instant};
 
 use futures_util::StreamExt;
 use tokio_tungstenite::tungstenite::Message;
+use tokio_tungstenite::tungstenite::http::HeaderValue;
 use tokio_util::sync::CancellationToken;
 
 use super::auth::Credentials;
-use super::dial::{Dialer, RelaySocket};
+use super::dial::{self, Dialer, RelaySocket};
+use super::report;
 use crate::close::{self, Disposition, ExitKind};
 use crate::frame::Frame;
 use crate::session::local::{LocalInput, LocalOutput};
@@ -64,6 +66,8 @@ impl Default for ResumeSettings {
     }
 }
 
+/// How long to wait for the close that should follow a LONG_CLOSE before reporting it.
+const LONG_CLOSE_WAIT: Duration = Duration::from_secs(2);
 /// First retry after a loss: quick, since most drops are one-off resets.
 const FIRST_RETRY: Duration = Duration::from_millis(100);
 /// Longest pause between reconnect attempts.
@@ -86,6 +90,8 @@ pub struct TunnelConfig {
     pub credentials: Credentials,
     /// Reconnect behaviour.
     pub resume: ResumeSettings,
+    /// `X-Goog-Request-Reason` for every handshake (gcloud's `--request-reason`).
+    pub request_reason: Option<HeaderValue>,
 }
 
 /// The relay's first message on a new WebSocket.
@@ -124,87 +130,138 @@ impl TunnelConfig {
             };
             (failure, Retry::No)
         })?;
-        let mut ws = self.dialer.open(path, query, &token).await.map_err(|e| {
-            let retry = match (e.kind, e.http_status) {
-                // A relay or load balancer refusing the upgrade (e.g. 503: the node holding
-                // the session is gone) is retried briefly, not for the whole budget.
-                (ExitKind::Other, Some(_)) => Retry::Refused,
-                (ExitKind::Other, None) => Retry::Yes,
-                _ => Retry::No,
-            };
-            let failure = Failure {
-                kind: e.kind,
-                message: e.message,
-            };
-            (failure, retry)
-        })?;
-        // WebSocket pings and pongs may come at any time (tungstenite answers pings itself), so
-        // they are skipped; the deadline covers them too, so a ping flood cannot stall us.
-        let deadline = tokio::time::Instant::now() + first_frame_wait;
-        let first = async {
-            loop {
-                match ws.next().await {
-                    Some(Ok(Message::Ping(_) | Message::Pong(_))) => {}
-                    other => return other,
-                }
-            }
-        };
-        let first = tokio::time::timeout_at(deadline, first)
+        let mut ws = self
+            .dialer
+            .open_with(path, query, &token, self.request_reason.as_ref())
             .await
-            .map_err(|_| {
-                let failure = Failure::other(format!(
-                    "the relay at {} did not confirm the tunnel to {} within {}s",
-                    self.dialer.endpoint.authority(),
-                    self.target.describe(self.port),
-                    first_frame_wait.as_secs()
-                ));
-                (failure, Retry::Yes)
+            .map_err(|e| {
+                let retry = match (e.kind, e.http_status) {
+                    // A relay or load balancer refusing the upgrade (e.g. 503: the node holding
+                    // the session is gone) is retried briefly, not for the whole budget.
+                    (ExitKind::Other, Some(_)) => Retry::Refused,
+                    (ExitKind::Other, None) => Retry::Yes,
+                    _ => Retry::No,
+                };
+                let failure = Failure {
+                    kind: e.kind,
+                    message: e.message,
+                };
+                (failure, retry)
             })?;
+        let waited_from = std::time::Instant::now();
+        let opened = self.first_message(&mut ws, path, first_frame_wait).await?;
+        tracing::debug!(
+            ms = dial::millis(waited_from.elapsed()),
+            "handshake: first message from the relay"
+        );
+        Ok((ws, opened))
+    }
+
+    /// Reads the relay's first relay message on a new WebSocket: the session id after a
+    /// connect, the resume position after a reconnect, or a close.
+    ///
+    /// WebSocket pings and pongs may come at any time (tungstenite answers pings itself), so
+    /// they are skipped; the deadline covers them too, so a ping flood cannot stall us. As in
+    /// gcloud, messages with unknown tags are ignored and trailing bytes after a message are
+    /// dropped. A LONG_CLOSE is kept: its code and reason are what the user sees when the close
+    /// that follows it carries none (or does not come within [`LONG_CLOSE_WAIT`]).
+    async fn first_message(
+        &self,
+        ws: &mut RelaySocket,
+        path: &str,
+        first_frame_wait: Duration,
+    ) -> Result<Opened, (Failure, Retry)> {
         let violation = |m: String| (Failure::other(m), Retry::No);
-        let opened = match first {
-            Some(Ok(Message::Binary(bytes))) => match (Frame::decode(&bytes), path) {
-                (Ok(Frame::ConnectSuccessSid(sid)), "connect") => {
-                    Opened::Sid(String::from_utf8_lossy(sid).into_owned())
+        let mut deadline = tokio::time::Instant::now() + first_frame_wait;
+        let mut long_close: Option<(u32, String)> = None;
+        loop {
+            let next = match tokio::time::timeout_at(deadline, ws.next()).await {
+                Ok(next) => next,
+                Err(_) if long_close.is_some() => None,
+                Err(_) => {
+                    let failure = Failure::other(format!(
+                        "the relay at {} did not confirm the tunnel to {} within {}s",
+                        self.dialer.endpoint.authority(),
+                        self.target.describe(self.port),
+                        first_frame_wait.as_secs()
+                    ));
+                    return Err((failure, Retry::Yes));
                 }
-                (Ok(Frame::ReconnectSuccessAck(n)), "reconnect") => Opened::ResumedAt(n),
-                (Ok(other), _) => {
+            };
+            let bytes = match next {
+                Some(Ok(Message::Ping(_) | Message::Pong(_))) => continue,
+                Some(Ok(Message::Binary(bytes))) => bytes,
+                Some(Ok(Message::Close(frame))) => {
+                    let (code, reason) = match frame {
+                        Some(f) => (Some(u16::from(f.code)), f.reason.to_string()),
+                        None => (None, String::new()),
+                    };
+                    let (code, reason) = pump::merge_long_close(code, reason, long_close);
+                    return Err(self.refusal(code, &reason));
+                }
+                Some(Ok(other)) => {
+                    return Err(violation(format!(
+                        "the relay broke the protocol: its first message was a {} message, not a session id",
+                        message_kind(&other)
+                    )));
+                }
+                Some(Err(_)) | None if long_close.is_some() => {
+                    let (code, reason) = pump::merge_long_close(None, String::new(), long_close);
+                    return Err(self.refusal(code, &reason));
+                }
+                Some(Err(e)) => {
+                    let failure = Failure::other(format!(
+                        "the connection to the relay failed before the tunnel opened: {e}"
+                    ));
+                    return Err((failure, Retry::Yes));
+                }
+                None => {
+                    let failure = Failure::other(
+                        "the relay closed the connection before the tunnel opened".to_owned(),
+                    );
+                    return Err((failure, Retry::Yes));
+                }
+            };
+            let frame = match Frame::decode_tolerant(&bytes) {
+                Ok((frame, extra)) => {
+                    if extra > 0 {
+                        tracing::debug!(message_kind = ?frame, extra, "ignored trailing bytes after a relay message");
+                    }
+                    frame
+                }
+                Err(e) => return Err(violation(format!("the relay broke the protocol: {e}"))),
+            };
+            match (frame, path) {
+                (Frame::ConnectSuccessSid(sid), "connect") => {
+                    return Ok(Opened::Sid(String::from_utf8_lossy(sid).into_owned()));
+                }
+                (Frame::ReconnectSuccessAck(n), "reconnect") => return Ok(Opened::ResumedAt(n)),
+                (Frame::Unknown(tag), _) => {
+                    tracing::debug!(tag = %format_args!("{tag:#06x}"), "ignored a relay message with an unknown tag");
+                }
+                (Frame::LongClose { code, reason }, _) => {
+                    long_close = Some((code, String::from_utf8_lossy(reason).into_owned()));
+                    deadline = deadline.min(tokio::time::Instant::now() + LONG_CLOSE_WAIT);
+                }
+                (other, _) => {
                     return Err(violation(format!(
                         "the relay broke the protocol: its first message was {other:?}, not a session id"
                     )));
                 }
-                (Err(e), _) => return Err(violation(format!("the relay broke the protocol: {e}"))),
-            },
-            Some(Ok(Message::Close(frame))) => {
-                let (code, reason) = frame
-                    .map(|f| (u16::from(f.code), f.reason.to_string()))
-                    .unwrap_or((1005, String::new()));
-                let retry = if code == close::REAUTHENTICATION_REQUIRED {
-                    Retry::FreshToken
-                } else {
-                    Retry::No
-                };
-                return Err((self.close_failure(code, &reason), retry));
             }
-            Some(Ok(other)) => {
-                return Err(violation(format!(
-                    "the relay broke the protocol: its first message was a {} message, not a session id",
-                    message_kind(&other)
-                )));
-            }
-            Some(Err(e)) => {
-                let failure = Failure::other(format!(
-                    "the connection to the relay failed before the tunnel opened: {e}"
-                ));
-                return Err((failure, Retry::Yes));
-            }
-            None => {
-                let failure = Failure::other(
-                    "the relay closed the connection before the tunnel opened".to_owned(),
-                );
-                return Err((failure, Retry::Yes));
-            }
+        }
+    }
+
+    /// A close received instead of the first message, and whether a resume should try again:
+    /// with a fresh token after 4004; at all after 4002, since the relay may still hold the
+    /// connection we lost (Google's relay may notice its loss later than we did).
+    fn refusal(&self, code: u16, reason: &str) -> (Failure, Retry) {
+        let retry = match code {
+            close::REAUTHENTICATION_REQUIRED => Retry::FreshToken,
+            close::SID_IN_USE => Retry::Yes,
+            _ => Retry::No,
         };
-        Ok((ws, opened))
+        (self.close_failure(code, reason), retry)
     }
 
     /// Opens a new session and waits for its id.
@@ -237,14 +294,26 @@ impl TunnelConfig {
         let started = Instant::now();
         let mut pause = FIRST_RETRY;
         let mut attempts = 0u32;
+        let mut notice = ResumeNotice {
+            due: tokio::time::Instant::now() + report::RESUME_NOTICE_AFTER,
+            line: report::resuming(&self.target.describe(self.port), why),
+            shown: false,
+        };
+        let interrupted = || Failure::other("interrupted while resuming the tunnel".to_owned());
         loop {
             attempts += 1;
             let query = self.target.reconnect_query(sid, session.state.received());
-            let attempt = tokio::select! {
-                // A resume attempt never waits past the budget for the relay's answer.
-                opened = self.try_open("reconnect", &query, FIRST_FRAME_TIMEOUT.min(self.resume.budget.saturating_sub(started.elapsed()).max(Duration::from_secs(1)))) => opened,
-                () = cancel.cancelled() => return Err(Failure::other("interrupted while resuming the tunnel".to_owned())),
-            };
+            // A resume attempt never waits past the budget for the relay's answer.
+            let wait = FIRST_FRAME_TIMEOUT.min(
+                self.resume
+                    .budget
+                    .saturating_sub(started.elapsed())
+                    .max(Duration::from_secs(1)),
+            );
+            let attempt = notice
+                .during(cancel, self.try_open("reconnect", &query, wait))
+                .await
+                .ok_or_else(interrupted)?;
             match attempt {
                 Ok((ws, Opened::ResumedAt(relay_has))) => {
                     let resend = session.state.resume(relay_has).map_err(|e| {
@@ -257,6 +326,12 @@ impl TunnelConfig {
                         after_ms = started.elapsed().as_millis() as u64,
                         "tunnel resumed"
                     );
+                    if notice.shown {
+                        report::notice(&report::resumed(
+                            &self.target.describe(self.port),
+                            started.elapsed(),
+                        ));
+                    }
                     return Ok((ws, resend));
                 }
                 Ok((_, Opened::Sid(_))) => {
@@ -289,10 +364,10 @@ impl TunnelConfig {
                     tracing::debug!(attempts, error = %failure.message, "resume attempt failed");
                 }
             }
-            tokio::select! {
-                () = tokio::time::sleep(jitter(pause)) => {}
-                () = cancel.cancelled() => return Err(Failure::other("interrupted while resuming the tunnel".to_owned())),
-            }
+            notice
+                .during(cancel, tokio::time::sleep(jitter(pause)))
+                .await
+                .ok_or_else(interrupted)?;
             pause = (pause * 2).min(MAX_RETRY);
         }
     }
@@ -310,7 +385,19 @@ impl TunnelConfig {
             connected = self.connect() => connected?,
             () = cancel.cancelled() => return Err(Failure::other("interrupted before the tunnel opened".to_owned())),
         };
-        tracing::debug!(sid = %sid, target = %self.target.describe(self.port), "tunnel open");
+        let opened_at = Instant::now();
+        let target = self.target.describe(self.port);
+        tracing::info!(
+            "{}",
+            report::tunnel_opened(
+                &self.dialer.endpoint.authority(),
+                &target,
+                &self.credentials.describe(),
+                self.credentials.identity(),
+                &sid,
+            )
+        );
+        let mut resumes = 0u32;
         let mut resend = Vec::new();
         let result = loop {
             let mut attach = Attach::new(Role::Client, cancel);
@@ -344,6 +431,7 @@ impl TunnelConfig {
                     Ok((new_ws, frames)) => {
                         ws = new_ws;
                         resend = frames;
+                        resumes += 1;
                         continue;
                     }
                     Err(e) => break Err(e),
@@ -374,12 +462,51 @@ impl TunnelConfig {
             };
         };
         // Whatever arrived before the end still belongs to the user.
-        if let Err(e) = session.drain_output().await
-            && result.is_ok()
-        {
-            return Err(Failure::other(format!("writing local output: {e}")));
-        }
+        let result = match session.drain_output().await {
+            Err(e) if result.is_ok() => Err(Failure::other(format!("writing local output: {e}"))),
+            _ => result,
+        };
+        tracing::info!(
+            "{}",
+            report::tunnel_ended(
+                &target,
+                opened_at.elapsed(),
+                session.state.sent(),
+                session.state.received(),
+                resumes,
+            )
+        );
         result
+    }
+}
+
+/// The resume notice: shown once the resume has taken [`report::RESUME_NOTICE_AFTER`].
+struct ResumeNotice {
+    due: tokio::time::Instant,
+    line: String,
+    shown: bool,
+}
+
+impl ResumeNotice {
+    /// Runs `fut` to completion, showing the notice when it falls due meanwhile. `None` when
+    /// `cancel` fired first.
+    async fn during<F: std::future::Future>(
+        &mut self,
+        cancel: &CancellationToken,
+        fut: F,
+    ) -> Option<F::Output> {
+        tokio::pin!(fut);
+        // Bounded: the notice arm fires at most once, then only the other two remain.
+        loop {
+            tokio::select! {
+                out = &mut fut => return Some(out),
+                () = cancel.cancelled() => return None,
+                () = tokio::time::sleep_until(self.due), if !self.shown => {
+                    self.shown = true;
+                    report::notice(&self.line);
+                }
+            }
+        }
     }
 }
 

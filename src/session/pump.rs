@@ -138,14 +138,17 @@ impl Detach {
 }
 
 /// Dead-path detection for a client: a relay that stops answering is noticed in bounded
-/// time even when TCP never reports an error (a black hole).
+/// time even when TCP never reports an error (a black hole). A relay that answers pings is
+/// never torn down while it keeps answering, however long it takes to acknowledge our data
+/// (see `Liveness`).
 #[derive(Clone, Copy, Debug)]
 pub struct Keepalive {
-    /// Send a WebSocket ping after this long without hearing from the relay.
+    /// Send a WebSocket ping after this long without hearing from the relay (after half of
+    /// `timeout` while sent data waits for its acknowledgement).
     pub interval: Duration,
-    /// Declare the path dead after this long without hearing from the relay while we wait
-    /// for it: sent data not yet acknowledged, or a ping not yet answered (only once the relay
-    /// has shown that it answers pings, so relays that ignore pings still work).
+    /// Declare the path dead when a ping stays unanswered this long, once the relay has
+    /// answered one on this connection; before that, when the relay is silent this long while
+    /// sent data waits for its acknowledgement.
     pub timeout: Duration,
 }
 
@@ -256,13 +259,13 @@ where
         .state
         .ack_pending()
         .then(|| Instant::now() + IDLE_ACK_DELAY);
-    let mut alive = Liveness::new(session.state.unacked() > 0);
+    let mut alive = Liveness::new(session.state.unacked() > 0, Instant::now());
     let mut tick = tokio::time::interval(Duration::from_secs(1));
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut eof_deadline: Option<Instant> =
         session.input_done.then(|| Instant::now() + EOF_ACK_WAIT);
     let mut close_sent: Option<(Instant, PumpEnd)> = None;
-    let mut long_close_reason: Option<String> = None;
+    let mut long_close: Option<(u32, String)> = None;
 
     // A session resumed after local EOF may already have nothing left to send.
     loop {
@@ -308,7 +311,7 @@ where
                     continue;
                 }
                 if let Some(k) = keepalive {
-                    match alive.check(k, session.state.unacked() > 0) {
+                    match alive.check(k, session.state.unacked() > 0, Instant::now()) {
                         Check::Fine => {}
                         Check::Ping => outbox.push_back(Message::Ping(Bytes::new())),
                         Check::Dead(waited) => {
@@ -318,7 +321,7 @@ where
                 }
             }
             msg = stream.next(), if read_ws => {
-                alive.heard();
+                alive.heard(Instant::now());
                 let msg = match msg {
                     Some(Ok(msg)) => msg,
                     Some(Err(e)) => return finish_closing(close_sent, PumpEnd::TransportLost(transport_error(e))),
@@ -326,7 +329,7 @@ where
                 };
                 match msg {
                     Message::Binary(bytes) => {
-                        match on_binary(session, &bytes, role, &mut long_close_reason) {
+                        match on_binary(session, &bytes, role, &mut long_close) {
                             Inbound::Nothing => {}
                             Inbound::Data { ack_now } => {
                                 last_data = Instant::now();
@@ -347,10 +350,10 @@ where
                     }
                     Message::Close(frame) => {
                         let (code, reason) = match frame {
-                            Some(f) => (u16::from(f.code), f.reason.to_string()),
-                            None => (1005, String::new()),
+                            Some(f) => (Some(u16::from(f.code)), f.reason.to_string()),
+                            None => (None, String::new()),
                         };
-                        let reason = if reason.is_empty() { long_close_reason.take().unwrap_or_default() } else { reason };
+                        let (code, reason) = merge_long_close(code, reason, long_close.take());
                         // tungstenite has queued the close reply; push it out, briefly.
                         let _ = tokio::time::timeout(CLOSE_WAIT, sink.flush()).await;
                         return match close_sent {
@@ -359,7 +362,7 @@ where
                         };
                     }
                     Message::Ping(_) => need_flush = true, // the automatic pong must go out
-                    Message::Pong(_) => alive.pong(),
+                    Message::Pong(_) => alive.pong(Instant::now()),
                     Message::Text(_) => {
                         let code = match role { Role::Relay => close::INVALID_WEBSOCKET_OPCODE, Role::Client => 1003 };
                         if close_sent.is_none() {
@@ -374,7 +377,7 @@ where
                 Ok(Some(message)) => {
                     last_data = Instant::now();
                     if session.state.unacked() == 0 {
-                        alive.waiting();
+                        alive.waiting(Instant::now());
                     }
                     session.state.record_sent(message.clone());
                     outbox.push_back(Message::Binary(message));
@@ -437,61 +440,83 @@ enum Check {
 }
 
 /// When we last heard from the peer, and whether we are waiting on it.
+///
+/// Nothing documents how soon Google's relay acknowledges DATA; an interactive session's small
+/// writes might wait longer than [`Keepalive::timeout`] for their ACK. So silence while data
+/// is outstanding only prompts a ping (after half the timeout), and a path whose relay answers
+/// pings is never declared dead while it keeps answering: a pong counts as life. Only a relay
+/// that has not answered a ping on this connection is judged by the silence alone, which is
+/// what tells a black hole from a slow relay.
+#[derive(Debug)]
 struct Liveness {
     heard: Instant,
-    /// Since when we have been waiting for an answer (data outstanding or ping sent).
+    /// Since when we have been waiting for an answer to data (sent data not yet acknowledged).
     waiting_since: Option<Instant>,
-    ping_sent: Option<Instant>,
+    /// The first ping sent since we last heard from the peer.
+    unanswered_since: Option<Instant>,
+    /// The last ping sent, for pacing.
+    last_ping: Option<Instant>,
     answers_pings: bool,
 }
 
 impl Liveness {
-    fn new(waiting: bool) -> Self {
-        let now = Instant::now();
+    fn new(waiting: bool, now: Instant) -> Self {
         Liveness {
             heard: now,
             waiting_since: waiting.then_some(now),
-            ping_sent: None,
+            unanswered_since: None,
+            last_ping: None,
             answers_pings: false,
         }
     }
 
-    fn heard(&mut self) {
-        self.heard = Instant::now();
+    /// Anything arrived from the peer.
+    fn heard(&mut self, now: Instant) {
+        self.heard = now;
+        self.unanswered_since = None;
     }
 
-    fn pong(&mut self) {
+    fn pong(&mut self, now: Instant) {
         self.answers_pings = true;
-        self.ping_sent = None;
+        self.heard(now);
     }
 
-    fn waiting(&mut self) {
-        self.waiting_since = Some(Instant::now());
+    fn waiting(&mut self, now: Instant) {
+        self.waiting_since = Some(now);
     }
 
-    fn check(&mut self, k: Keepalive, data_outstanding: bool) -> Check {
-        let now = Instant::now();
+    fn ping(&mut self, now: Instant) -> Check {
+        self.last_ping = Some(now);
+        self.unanswered_since.get_or_insert(now);
+        Check::Ping
+    }
+
+    fn check(&mut self, k: Keepalive, data_outstanding: bool, now: Instant) -> Check {
         if !data_outstanding {
             self.waiting_since = None;
         }
-        let since_heard = now - self.heard;
-        // Waiting on data: silence counts from when we started waiting or last heard.
-        if let Some(since) = self.waiting_since
-            && now - since.max(self.heard) > k.timeout
+        let silent = now - self.heard;
+        // A relay that answers pings is dead only once a ping stays unanswered for the timeout.
+        if self.answers_pings
+            && self
+                .unanswered_since
+                .is_some_and(|sent| now - sent > k.timeout)
         {
-            return Check::Dead(now - since.max(self.heard));
+            return Check::Dead(silent);
         }
-        if let Some(sent) = self.ping_sent
-            && self.answers_pings
-            && self.heard < sent
-            && now - sent > k.timeout
-        {
-            return Check::Dead(since_heard);
+        if let Some(since) = self.waiting_since {
+            let waited = now - since.max(self.heard);
+            // A relay that never answered a ping: silence while we wait on it is all we have.
+            if !self.answers_pings && waited > k.timeout {
+                return Check::Dead(waited);
+            }
+            if self.unanswered_since.is_none() && waited >= k.timeout / 2 {
+                return self.ping(now);
+            }
         }
-        let ping_due = self.ping_sent.is_none_or(|sent| now - sent >= k.interval);
-        if since_heard >= k.interval && ping_due {
-            self.ping_sent = Some(now);
-            return Check::Ping;
+        let ping_due = self.last_ping.is_none_or(|last| now - last >= k.interval);
+        if silent >= k.interval && ping_due {
+            return self.ping(now);
         }
         Check::Fine
     }
@@ -530,32 +555,81 @@ fn on_binary<I, O: LocalOutput>(
     session: &mut Session<I, O>,
     bytes: &Bytes,
     role: Role,
-    long_close_reason: &mut Option<String>,
+    long_close: &mut Option<(u32, String)>,
 ) -> Inbound {
-    match Frame::decode(bytes) {
-        Ok(Frame::Data(payload)) => {
+    // A client is as tolerant as gcloud (protocol.md §4): trailing bytes after a message and
+    // empty DATA are dropped with a debug line, unknown tags ignored. The relay stays strict
+    // toward clients and answers with its close codes.
+    let decoded = match role {
+        Role::Client => Frame::decode_tolerant(bytes),
+        Role::Relay => Frame::decode(bytes).map(|f| (f, 0)),
+    };
+    let frame = match decoded {
+        Ok((frame, extra)) => {
+            if extra > 0 {
+                tracing::debug!(message_kind = ?frame, extra, "ignored trailing bytes after a relay message");
+            }
+            frame
+        }
+        Err(e) => return violation(role, close::INVALID_DATA, e.to_string()),
+    };
+    match frame {
+        Frame::Data([]) => {
+            tracing::debug!("ignored an empty DATA message from the relay");
+            Inbound::Nothing
+        }
+        Frame::Data(payload) => {
             let ack_now = session.state.on_data(payload.len());
             session.queue_output(bytes.slice_ref(payload));
             Inbound::Data { ack_now }
         }
-        Ok(Frame::Ack(n)) => match session.state.on_ack(n) {
+        Frame::Ack(n) => match session.state.on_ack(n) {
             Ok(()) => Inbound::Nothing,
             Err(e @ AckError::Backwards { .. }) => violation(role, close::BAD_ACK, e.to_string()),
             Err(e) => violation(role, close::INVALID_ACK, e.to_string()),
         },
-        Ok(Frame::LongClose { reason, .. }) if role == Role::Client => {
-            *long_close_reason = Some(String::from_utf8_lossy(reason).into_owned());
+        Frame::LongClose { code, reason } if role == Role::Client => {
+            *long_close = Some((code, String::from_utf8_lossy(reason).into_owned()));
             Inbound::Nothing
         }
-        Ok(Frame::Unknown(_)) if role == Role::Client => Inbound::Nothing,
-        Ok(other) => violation(
+        Frame::Unknown(tag) if role == Role::Client => {
+            tracing::debug!(tag = %format_args!("{tag:#06x}"), "ignored a relay message with an unknown tag");
+            Inbound::Nothing
+        }
+        other => violation(
             role,
             close::INVALID_TAG,
             format!("unexpected {other:?} in an established session"),
         ),
-        Err(e) => violation(role, close::INVALID_DATA, e.to_string()),
     }
 }
+
+/// The code and reason a close reports, filling in from a LONG_CLOSE the peer sent before it:
+/// its reason when the close frame has none, and its code when the close frame has no code
+/// (1005) or the connection ended without one.
+pub fn merge_long_close(
+    close_code: Option<u16>,
+    close_reason: String,
+    long_close: Option<(u32, String)>,
+) -> (u16, String) {
+    let Some((long_code, long_reason)) = long_close else {
+        return (close_code.unwrap_or(NO_STATUS), close_reason);
+    };
+    let code = match (close_code, u16::try_from(long_code)) {
+        (Some(code), _) if code != NO_STATUS => code,
+        (_, Ok(long_code)) => long_code,
+        (code, Err(_)) => code.unwrap_or(NO_STATUS),
+    };
+    let reason = if close_reason.is_empty() {
+        long_reason
+    } else {
+        close_reason
+    };
+    (code, reason)
+}
+
+/// The code a WebSocket reports for a close frame without a status code (RFC 6455 §7.1.5).
+pub const NO_STATUS: u16 = 1005;
 
 /// Writes part of the oldest queued payload. Cancel safe: the queue is updated only by what
 /// `write_some` reports as written.
@@ -597,4 +671,112 @@ where
         sink.poll_flush_unpin(cx).map_err(|e| e.to_string())
     })
     .await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const K: Keepalive = Keepalive {
+        interval: Duration::from_secs(10),
+        timeout: Duration::from_secs(10),
+    };
+
+    /// Runs the once-a-second keepalive check for `secs` seconds from `start`, with `answer`
+    /// deciding whether a ping sent at a given second is answered at once. Returns the checks
+    /// that were not `Fine`, by second.
+    fn run(
+        secs: u64,
+        waiting: bool,
+        answer: impl Fn(u64) -> bool,
+        data_from_peer: &[u64],
+    ) -> Vec<(u64, &'static str)> {
+        let start = Instant::now();
+        let mut alive = Liveness::new(waiting, start);
+        let mut seen = Vec::new();
+        for s in 1..=secs {
+            let now = start + Duration::from_secs(s);
+            if data_from_peer.contains(&s) {
+                alive.heard(now);
+            }
+            match alive.check(K, waiting, now) {
+                Check::Fine => {}
+                Check::Ping => {
+                    seen.push((s, "ping"));
+                    if answer(s) {
+                        alive.pong(now + Duration::from_millis(30));
+                    }
+                }
+                Check::Dead(_) => {
+                    seen.push((s, "dead"));
+                    break;
+                }
+            }
+        }
+        seen
+    }
+
+    #[test]
+    fn a_relay_that_answers_pings_is_never_torn_down_while_data_waits_for_its_ack() {
+        let seen = run(120, true, |_| true, &[]);
+        assert!(seen.iter().all(|(_, what)| *what == "ping"), "{seen:?}");
+        // Pings go out every half timeout while the data waits.
+        assert_eq!(seen.first(), Some(&(5, "ping")));
+        assert!(seen.len() >= 20, "{seen:?}");
+    }
+
+    #[test]
+    fn a_black_hole_is_noticed() {
+        // Never answered a ping on this connection: silence while data waits decides.
+        assert_eq!(run(60, true, |_| false, &[]), [(5, "ping"), (11, "dead")]);
+        // Answered pings until second 30, then nothing: the unanswered ping decides.
+        let seen = run(120, true, |s| s < 30, &[]);
+        let dead = seen
+            .iter()
+            .find(|(_, what)| *what == "dead")
+            .map(|(s, _)| *s);
+        assert!(dead.is_some_and(|s| (30..=47).contains(&s)), "{seen:?}");
+        // Idle, pings answered until 30: dead within interval + timeout of the last answer.
+        let seen = run(120, false, |s| s < 30, &[]);
+        let dead = seen
+            .iter()
+            .find(|(_, what)| *what == "dead")
+            .map(|(s, _)| *s);
+        assert!(dead.is_some_and(|s| (30..=52).contains(&s)), "{seen:?}");
+    }
+
+    #[test]
+    fn an_idle_relay_that_ignores_pings_is_left_alone() {
+        let seen = run(120, false, |_| false, &[]);
+        assert!(seen.iter().all(|(_, what)| *what == "ping"), "{seen:?}");
+        assert_eq!(seen.first(), Some(&(10, "ping")));
+    }
+
+    #[test]
+    fn long_close_fills_in_the_close() {
+        let long = || Some((4033, "not authorized".to_owned()));
+        let cases = [
+            (Some(4033), "", long(), (4033, "not authorized")),
+            (None, "", long(), (4033, "not authorized")),
+            (Some(NO_STATUS), "", long(), (4033, "not authorized")),
+            (Some(1000), "", long(), (1000, "not authorized")),
+            (Some(4003), "own", long(), (4003, "own")),
+            (Some(4003), "own", None, (4003, "own")),
+            (None, "", None, (NO_STATUS, "")),
+            (
+                None,
+                "",
+                Some((70_000, "big".to_owned())),
+                (NO_STATUS, "big"),
+            ),
+        ];
+        for (code, reason, long_close, (want_code, want_reason)) in cases {
+            let got = merge_long_close(code, reason.to_owned(), long_close);
+            assert_eq!(
+                got,
+                (want_code, want_reason.to_owned()),
+                "{code:?} {reason}"
+            );
+        }
+    }
 }

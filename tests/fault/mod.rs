@@ -4,7 +4,7 @@
 #![allow(dead_code)]
 
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -34,6 +34,8 @@ pub struct FaultProxy {
     conns: Arc<Mutex<Vec<watch::Sender<Mode>>>>,
     /// Connections accepted so far.
     pub accepted: Arc<AtomicUsize>,
+    /// While set, new connections are reset as soon as they are accepted (a relay that is down).
+    refusing: Arc<AtomicBool>,
     runtime: Option<tokio::runtime::Runtime>,
 }
 
@@ -51,10 +53,16 @@ impl FaultProxy {
         let addr = listener.local_addr().expect("proxy addr");
         let conns: Arc<Mutex<Vec<watch::Sender<Mode>>>> = Arc::default();
         let accepted = Arc::new(AtomicUsize::new(0));
-        let (c, a) = (conns.clone(), accepted.clone());
+        let refusing = Arc::new(AtomicBool::new(false));
+        let (c, a, r) = (conns.clone(), accepted.clone(), refusing.clone());
         runtime.spawn(async move {
             while let Ok((client, _)) = listener.accept().await {
                 a.fetch_add(1, Ordering::SeqCst);
+                if r.load(Ordering::SeqCst) {
+                    #[allow(deprecated)]
+                    let _ = client.set_linger(Some(Duration::ZERO));
+                    continue;
+                }
                 let (tx, rx) = watch::channel(Mode::Forward);
                 c.lock().unwrap().push(tx);
                 tokio::spawn(async move {
@@ -68,8 +76,14 @@ impl FaultProxy {
             addr,
             conns,
             accepted,
+            refusing,
             runtime: Some(runtime),
         }
+    }
+
+    /// While `on`, resets every new connection at once; open ones are not touched.
+    pub fn refuse_new(&self, on: bool) {
+        self.refusing.store(on, Ordering::SeqCst);
     }
 
     /// Applies `mode` to every connection open now (new ones start in `Forward`).
