@@ -5,7 +5,7 @@ use std::io::IsTerminal;
 use tracing_subscriber::EnvFilter;
 
 /// Installs a stderr logger. `RUST_LOG` wins when set; otherwise `default` (e.g. `warn`),
-/// raised to `info` by one `-v` and `debug` by two. gcp_auth retries are logged at warn with
+/// raised to `info` by one `-v` and `debug` by two. google-cloud-auth logs retries at warn with
 /// details we do not want in an ssh user's terminal, so it is held to errors by default.
 pub fn init_stderr(verbose: u8, default: &str) {
     let level = match verbose {
@@ -13,8 +13,9 @@ pub fn init_stderr(verbose: u8, default: &str) {
         1 => "info",
         _ => "debug",
     };
-    let filter = EnvFilter::try_from_env("RUST_LOG")
-        .unwrap_or_else(|_| EnvFilter::new(format!("{level},gcp_auth=error,rustls=error")));
+    let filter = EnvFilter::try_from_env("RUST_LOG").unwrap_or_else(|_| {
+        EnvFilter::new(format!("{level},google_cloud_auth=error,rustls=error"))
+    });
     let _ = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
