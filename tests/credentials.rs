@@ -660,6 +660,13 @@ fn a_cached_token_the_relay_stops_accepting_is_replaced() {
         out.stderr
     );
     assert!(!out.stderr.contains("ya29."));
+    // -v names the source and the principal, never the token.
+    assert!(
+        out.stderr
+            .contains("authorized_user, GOOGLE_APPLICATION_CREDENTIALS) as alice@example.com"),
+        "{}",
+        out.stderr
+    );
     // And the cache now holds the new one.
     let out = run(&mut cmd());
     assert_eq!(out.code, 0, "{}", out.stderr);

@@ -161,6 +161,12 @@ impl Library {
         &self.origin
     }
 
+    /// Whether google-cloud-auth makes this source's HTTP requests (taking proxies from the
+    /// environment): every source but service-account keys, which gcp_auth serves.
+    pub fn reads_proxy_env(&self) -> bool {
+        !matches!(&self.origin, Origin::File { kind, .. } if kind == "service_account")
+    }
+
     /// The principal the credentials file names, if any.
     pub fn named_principal(&self) -> Option<&str> {
         self.named_principal.as_deref()

@@ -296,7 +296,10 @@ impl Credentials {
     /// Whether the source is `google-cloud-auth`, whose HTTP clients take proxies from the
     /// environment only.
     pub fn uses_library(&self) -> bool {
-        matches!(self.source, Source::Library { .. })
+        match &self.source {
+            Source::Library { library, .. } => library.reads_proxy_env(),
+            _ => false,
+        }
     }
 
     /// Whether a refused token can be replaced by a fresh one (not for access-token files,
