@@ -79,16 +79,22 @@ fn check_host(
     backend: u16,
     host: &str,
 ) -> Command {
+    let mut cmd = iap_ssh(google, state);
+    cmd.args(["--check", "--endpoint", &relay.url, "--ca-file"])
+        .arg(relay.ca_pem())
+        .arg(host)
+        .arg(backend.to_string());
+    cmd
+}
+
+/// iap-ssh with a hermetic environment in `state` and token-info at `google`.
+fn iap_ssh(google: &FakeGoogle, state: &Path) -> Command {
     let mut cmd = Command::new(iap_ssh_bin());
     hermetic_env(&mut cmd, state);
     let home = state.join("home");
     fs::create_dir_all(&home).unwrap();
     cmd.env("HOME", &home)
-        .env("IAP_SSH_TOKENINFO_URL", google.tokeninfo_url())
-        .args(["--check", "--endpoint", &relay.url, "--ca-file"])
-        .arg(relay.ca_pem())
-        .arg(host)
-        .arg(backend.to_string());
+        .env("IAP_SSH_TOKENINFO_URL", google.tokeninfo_url());
     cmd
 }
 
@@ -595,6 +601,47 @@ fn gcloud_account_plain_and_impersonating() {
             assert!(out.stdout.contains(&format!("({who})")), "{}", out.stdout);
         }
         assert_eq!(gcloud_runs(state.path()), 1, "cached runs start no gcloud");
+        if impersonate {
+            continue;
+        }
+
+        // gcloud's core/custom_ca_certs_file is trusted for the relay, as --ca-file would be;
+        // the changed configuration misses the cache and asks gcloud again.
+        let ca = relay.ca_pem().display().to_string();
+        gcloud(
+            state.path(),
+            &["config", "set", "core/custom_ca_certs_file", &ca],
+        );
+        let out = run(iap_ssh(&g, state.path())
+            .env("PATH", &path)
+            .args(["--check", "--endpoint", &relay.url, &host])
+            .arg(backend.to_string()));
+        assert_eq!(out.code, 0, "custom CA from gcloud: {}", out.stderr);
+        assert_eq!(gcloud_runs(state.path()), 2);
+
+        // --credentials adc passes over the active account; --credentials gcloud over
+        // GOOGLE_APPLICATION_CREDENTIALS.
+        let adc = write_json(&state.path().join("adc.json"), &authorized_user(&g));
+        let out = run(check_host(&relay, &g, state.path(), backend, &host)
+            .env("PATH", &path)
+            .env("GOOGLE_APPLICATION_CREDENTIALS", &adc)
+            .args(["--credentials", "adc"]));
+        assert_eq!(out.code, 0, "{}", out.stderr);
+        assert!(
+            out.stdout.contains("credentials: credentials file"),
+            "{}",
+            out.stdout
+        );
+        let out = run(check_host(&relay, &g, state.path(), backend, &host)
+            .env("PATH", &path)
+            .env("GOOGLE_APPLICATION_CREDENTIALS", &adc)
+            .args(["--credentials", "gcloud"]));
+        assert_eq!(out.code, 0, "{}", out.stderr);
+        assert!(
+            out.stdout.contains("credentials: the gcloud account"),
+            "{}",
+            out.stdout
+        );
     }
 }
 
