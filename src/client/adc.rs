@@ -68,9 +68,10 @@ pub struct Library {
 ///
 /// google-cloud-auth turns a service-account key into a self-signed JWT used as the bearer
 /// token, with no call to the key's `token_uri`. gcloud (and the IAP relay it talks to) use an
-/// OAuth access token from `token_uri` instead, and a self-signed JWT is not documented to be
-/// accepted by IAP, so keys go through gcp_auth's JWT-bearer exchange, which also tells the
-/// token's expiry.
+/// OAuth access token from `token_uri` instead; self-signed JWTs are refused by some Google
+/// services (googleapis/google-cloud-rust#4024) and IAP does not document them, so keys go
+/// through gcp_auth's JWT-bearer exchange, which also tells the token's expiry. gcp_auth has
+/// no proxy support: key token fetches go direct.
 #[derive(Clone)]
 enum Built {
     Google(AccessTokenCredentials),
