@@ -30,7 +30,7 @@ use tokio_util::sync::CancellationToken;
 /// auth/access_token_file, the gcloud account, GOOGLE_APPLICATION_CREDENTIALS, gcloud's ADC
 /// file, the metadata server (GCE_METADATA_HOST, or on a GCE VM). Other environment:
 /// HTTPS_PROXY, NO_PROXY, XDG_CACHE_HOME (token cache), IAP_SSH_TOKENINFO_URL, RUST_LOG.
-/// Exit status: 0 ok, 1 other failure, 2 usage, 3 authentication, 4 not authorized (4033),
+/// Exit status: 0 ok, 1 other failure (network too), 2 usage, 3 authentication, 4 not authorized (4033),
 /// 5 not found (4047), 6 backend unreachable (4003).
 #[derive(FromArgs, Debug)]
 struct Args {
