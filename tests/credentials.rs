@@ -734,6 +734,98 @@ fn a_cached_token_the_relay_stops_accepting_is_replaced() {
     assert_eq!(g.hits("POST /token"), 3);
 }
 
+/// A scripted relay (plain ws:// on loopback) that answers its first connection with close
+/// 4004 and moves the token source on to generation 2, then opens a session on the next.
+/// Returns its URL and the `Authorization` headers it saw.
+fn relay_asking_for_a_fresh_token(
+    generation: std::sync::Arc<std::sync::atomic::AtomicU64>,
+) -> (String, std::sync::Arc<std::sync::Mutex<Vec<String>>>) {
+    use futures_util::{SinkExt, StreamExt};
+    use iap_ssh::frame::Frame;
+    use tokio_tungstenite::tungstenite::Message;
+    use tokio_tungstenite::tungstenite::handshake::server::{Request, Response};
+    use tokio_tungstenite::tungstenite::http::HeaderValue;
+    use tokio_tungstenite::tungstenite::protocol::CloseFrame;
+
+    let seen = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    let std_listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    std_listener.set_nonblocking(true).unwrap();
+    let url = format!("ws://{}", std_listener.local_addr().unwrap());
+    let record = seen.clone();
+    thread::spawn(move || {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        rt.block_on(async move {
+            let listener = tokio::net::TcpListener::from_std(std_listener).unwrap();
+            for n in 0..2 {
+                let Ok(Ok((stream, _))) = tokio::time::timeout(WAIT, listener.accept()).await
+                else {
+                    return;
+                };
+                let record = record.clone();
+                #[allow(clippy::result_large_err)] // tungstenite fixes the callback type
+                let callback = move |req: &Request, mut resp: Response| {
+                    let auth = req
+                        .headers()
+                        .get("authorization")
+                        .and_then(|v| v.to_str().ok())
+                        .unwrap_or_default()
+                        .to_owned();
+                    record.lock().unwrap().push(auth);
+                    resp.headers_mut().insert(
+                        "Sec-WebSocket-Protocol",
+                        HeaderValue::from_static("relay.tunnel.cloudproxy.app"),
+                    );
+                    Ok(resp)
+                };
+                let Ok(mut ws) = tokio_tungstenite::accept_hdr_async(stream, callback).await else {
+                    return;
+                };
+                let first = if n == 0 {
+                    generation.store(2, std::sync::atomic::Ordering::SeqCst);
+                    Message::Close(Some(CloseFrame {
+                        code: 4004u16.into(),
+                        reason: "reauthentication required".into(),
+                    }))
+                } else {
+                    Message::Binary(Frame::ConnectSuccessSid(b"sid-1").to_bytes())
+                };
+                let _ = ws.send(first).await;
+                let _ = tokio::time::timeout(Duration::from_secs(5), async {
+                    while let Some(Ok(_)) = ws.next().await {}
+                })
+                .await;
+            }
+        });
+    });
+    (url, seen)
+}
+
+#[test]
+fn close_4004_at_connect_drops_the_token_from_the_library_too() {
+    let g = FakeGoogle::start();
+    let (url, seen) = relay_asking_for_a_fresh_token(g.generation_handle());
+    let state = tempfile::tempdir().unwrap();
+    let adc = write_json(&state.path().join("adc.json"), &authorized_user(&g));
+    let out = run(iap_ssh(&g, state.path())
+        .env("GOOGLE_APPLICATION_CREDENTIALS", &adc)
+        .args(["--check", "--endpoint", &url, &common::dotted_host(), "22"]));
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    let seen = seen.lock().unwrap().clone();
+    assert_eq!(
+        seen,
+        vec![
+            "Bearer ya29.oauth-1".to_owned(),
+            "Bearer ya29.oauth-2".to_owned()
+        ],
+        "the second handshake carried a fresh token"
+    );
+    assert_eq!(g.hits("POST /token"), 2);
+    assert!(!out.stderr.contains("ya29.") && !out.stdout.contains("ya29."));
+}
+
 // ---------------------------------------------------------------------------------------------
 // Token traffic through the tunnel's proxy
 // ---------------------------------------------------------------------------------------------

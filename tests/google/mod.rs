@@ -120,6 +120,11 @@ impl FakeGoogle {
         format!("ya29.{kind}-{}", self.generation.load(Ordering::SeqCst))
     }
 
+    /// The generation counter, for a test server that must move it on by itself.
+    pub fn generation_handle(&self) -> Arc<AtomicU64> {
+        self.generation.clone()
+    }
+
     /// Makes later answers hand out generation `n`.
     pub fn set_generation(&self, n: u64) {
         self.generation.store(n, Ordering::SeqCst);
