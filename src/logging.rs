@@ -9,7 +9,7 @@ use tracing_subscriber::field::MakeExt;
 use tracing_subscriber::fmt::format::{Writer, debug_fn};
 
 /// Installs a stderr logger. `RUST_LOG` wins when set; otherwise `default` (e.g. `warn`),
-/// raised to `info` by one `-v` and `debug` by two. gcp_auth retries are logged at warn with
+/// raised to `info` by one `-v` and `debug` by two. google-cloud-auth logs retries at warn with
 /// details we do not want in an ssh user's terminal, so it is held to errors by default.
 ///
 /// Every field value is escaped (see [`escape_into`]): principals, targets and reasons come
@@ -20,8 +20,11 @@ pub fn init_stderr(verbose: u8, default: &str) {
         1 => "info",
         _ => "debug",
     };
-    let filter = EnvFilter::try_from_env("RUST_LOG")
-        .unwrap_or_else(|_| EnvFilter::new(format!("{level},gcp_auth=error,rustls=error")));
+    let filter = EnvFilter::try_from_env("RUST_LOG").unwrap_or_else(|_| {
+        EnvFilter::new(format!(
+            "{level},google_cloud_auth=error,gcp_auth=error,rustls=error"
+        ))
+    });
     let fields = debug_fn(write_field).delimited(" ");
     let _ = tracing_subscriber::fmt()
         .with_env_filter(filter)

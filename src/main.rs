@@ -24,8 +24,8 @@ use tokio_util::sync::CancellationToken;
     example = "As an ssh ProxyCommand (stdin and stdout are the tunnel):\n  ssh -o ProxyCommand='iap-ssh %h %p' vm-1.us-central1-a.my-project.iap\n  ssh -o ProxyCommand='iap-ssh --project my-project --zone us-central1-a %h %p' vm-1",
     example = "A local port, one tunnel per connection (RDP, databases):\n  iap-ssh --listen 127.0.0.1:0 vm-1.us-central1-a.my-project 3389",
     example = "Check a tunnel, or write a Host block for ~/.ssh/config:\n  iap-ssh --check vm-1.us-central1-a.my-project 22\n  iap-ssh --print-ssh-config --project my-project >> ~/.ssh/config",
-    note = "HOST is INSTANCE[.ZONE[.PROJECT]] with an optional suffix (--host-suffix, default .iap),\nor an IP address or DNS name with --region and --network.\n\nProject and zone, first found: HOST, --project and --zone, CLOUDSDK_CORE_PROJECT and\nCLOUDSDK_COMPUTE_ZONE, the active gcloud configuration (CLOUDSDK_CONFIG), the key file.\n\nEnvironment: CLOUDSDK_AUTH_ACCESS_TOKEN_FILE, GOOGLE_APPLICATION_CREDENTIALS,\nCLOUDSDK_CORE_REQUEST_REASON, CLOUDSDK_CORE_UNIVERSE_DOMAIN, HTTPS_PROXY, NO_PROXY,\nXDG_CACHE_HOME (token cache), RUST_LOG.",
-    error_code(1, "other failure"),
+    note = "HOST is INSTANCE[.ZONE[.PROJECT]] with an optional suffix (--host-suffix, default .iap),\nor an IP address or DNS name with --region and --network.\n\nProject and zone, first found: HOST, --project and --zone, CLOUDSDK_CORE_PROJECT and\nCLOUDSDK_COMPUTE_ZONE, the active gcloud configuration (CLOUDSDK_CONFIG), the credentials\nfile.\n\nCredentials, first found: --access-token-file, --credentials, CLOUDSDK_AUTH_ACCESS_TOKEN_FILE,\ngcloud's auth/access_token_file, the gcloud account, GOOGLE_APPLICATION_CREDENTIALS, gcloud's\nADC file, the metadata server (GCE_METADATA_HOST, or on a GCE VM).\n\nEnvironment: CLOUDSDK_CORE_REQUEST_REASON, CLOUDSDK_CORE_UNIVERSE_DOMAIN, HTTPS_PROXY,\nNO_PROXY, XDG_CACHE_HOME (token cache), IAP_SSH_TOKENINFO_URL, RUST_LOG.",
+    error_code(1, "other failure, network trouble included"),
     error_code(2, "usage"),
     error_code(3, "authentication"),
     error_code(4, "not authorized (4033)"),
@@ -84,7 +84,13 @@ struct Args {
     /// file holding an OAuth access token (also CLOUDSDK_AUTH_ACCESS_TOKEN_FILE)
     #[argh(option)]
     access_token_file: Option<PathBuf>,
-    /// service-account key file (default: Application Default Credentials)
+    /// credential source: gcloud (the gcloud account), adc (Application Default
+    /// Credentials), or a credentials file of any type (default: gcloud's account if active,
+    /// else ADC)
+    #[argh(option)]
+    credentials: Option<String>,
+    /// credentials file of any type (service account, authorized user, impersonated,
+    /// external account): the same as --credentials FILE
     #[argh(option)]
     credentials_file: Option<PathBuf>,
     /// do not keep access tokens in the user cache folder between runs
@@ -148,10 +154,16 @@ fn main() -> ExitCode {
         return fail(ExitKind::Usage, "--no-check goes with --listen");
     }
     iap_ssh::logging::init_stderr(args.verbose, if listen.is_some() { "info" } else { "warn" });
+    // google-cloud-auth signs and speaks TLS through the process's rustls provider: ring,
+    // the one crypto library in this program. An error means one is already installed.
+    let _ = rustls::crypto::ring::default_provider().install_default();
     let config = match build_config(&args) {
         Ok(config) => config,
         Err((kind, message)) => return fail(kind, &message),
     };
+    if let Some(code) = reexec_for_token_proxy(&config) {
+        return code;
+    }
     match listen {
         Some(addr) => run_listen(config, addr, !args.no_check),
         None if args.check => run_check(&config),
@@ -198,17 +210,100 @@ fn build_config(args: &Args) -> Result<TunnelConfig, (ExitKind, String)> {
         endpoint: args.endpoint.clone(),
         ca_file: args.ca_file.clone(),
         access_token_file: args.access_token_file.clone(),
+        credentials: args.credentials.clone(),
         credentials_file: args.credentials_file.clone(),
         client_cert: args.client_cert.clone(),
         client_key: args.client_key.clone(),
         proxy: args.proxy.clone(),
         token_cache_dir,
         gcloud_config_dir,
+        home_adc_file: home_dir(".config/gcloud/application_default_credentials.json"),
+        gcloud_program: env("PATH").and_then(|p| iap_ssh::client::gcloud::find_program(&p)),
+        cloudsdk_env: {
+            let mut vars: Vec<(String, String)> = std::env::vars()
+                .filter(|(k, _)| k.starts_with("CLOUDSDK_"))
+                .collect();
+            vars.sort();
+            vars
+        },
+        on_gce: on_gce(),
         resume_timeout: args.resume_timeout.map(std::time::Duration::from_secs),
         request_reason: args.request_reason.clone(),
         universe_domain: args.universe_domain.clone(),
     };
     options.into_config(&env).map_err(|e| (e.kind, e.message))
+}
+
+/// Whether the machine says it is a Compute Engine VM, as Google's libraries check before
+/// they ask the metadata server: a file read, no network probe.
+fn on_gce() -> bool {
+    std::fs::read_to_string("/sys/class/dmi/id/product_name")
+        .is_ok_and(|name| name.trim().starts_with("Google"))
+}
+
+/// Marks a process that has already set its proxy environment for google-cloud-auth.
+const PROXY_ENV_MARK: &str = "IAP_SSH_TOKEN_PROXY_SET";
+
+/// google-cloud-auth builds its own HTTP clients, which take their proxy from the environment
+/// only, and a Rust 2024 program may not change its own environment without `unsafe`. So when
+/// the library is the token source and the environment does not already say what the tunnel
+/// chose (`--proxy`, gcloud's `proxy/*`, `HTTPS_PROXY`), iap-ssh runs itself again, once,
+/// with `HTTPS_PROXY` and `HTTP_PROXY` set to that choice (or cleared). Nothing has been read
+/// from stdin yet, so the new image takes over the same connection. Returns the exit code
+/// when the re-run could not start.
+fn reexec_for_token_proxy(config: &TunnelConfig) -> Option<ExitCode> {
+    use std::os::unix::process::CommandExt;
+    if !config.credentials.uses_library() || env(PROXY_ENV_MARK).is_some() {
+        return None;
+    }
+    let want = config
+        .token_proxy
+        .as_ref()
+        .map(iap_ssh::client::proxy::Proxy::url);
+    let names = [
+        "HTTPS_PROXY",
+        "HTTP_PROXY",
+        "https_proxy",
+        "http_proxy",
+        "ALL_PROXY",
+        "all_proxy",
+    ];
+    let current: Vec<Option<String>> = names.iter().map(|n| env(n)).collect();
+    let matches = match &want {
+        Some(url) => {
+            current.first() == Some(&Some(url.clone()))
+                && current.get(1) == Some(&Some(url.clone()))
+                && current.iter().skip(2).all(Option::is_none)
+        }
+        None => current.iter().all(Option::is_none),
+    };
+    if matches {
+        return None;
+    }
+    let program = match std::env::current_exe() {
+        Ok(p) => p,
+        Err(e) => {
+            return Some(fail(
+                ExitKind::Other,
+                &format!("finding this program to set its proxy: {e}"),
+            ));
+        }
+    };
+    let mut cmd = std::process::Command::new(program);
+    cmd.args(std::env::args_os().skip(1))
+        .env(PROXY_ENV_MARK, "1");
+    for name in names {
+        cmd.env_remove(name);
+    }
+    if let Some(url) = want {
+        cmd.env("HTTPS_PROXY", &url).env("HTTP_PROXY", &url);
+    }
+    tracing::debug!("running again with the token proxy in the environment");
+    let e = cmd.exec();
+    Some(fail(
+        ExitKind::Other,
+        &format!("running again with the proxy set: {e}"),
+    ))
 }
 
 /// `127.0.0.1:0`, `[::1]:0`, `localhost:N`, or a bare port (on 127.0.0.1).
@@ -389,6 +484,12 @@ fn print_ssh_config(args: &Args) -> ExitCode {
     add("--client-key", path(&args.client_key));
     add("--proxy", args.proxy.clone());
     add("--access-token-file", path(&args.access_token_file));
+    // `gcloud` and `adc` name sources; anything else is a file.
+    let credentials = match args.credentials.as_deref() {
+        Some(source @ ("gcloud" | "adc")) => Some(source.to_owned()),
+        other => path(&other.map(PathBuf::from)),
+    };
+    add("--credentials", credentials);
     add("--credentials-file", path(&args.credentials_file));
     add(
         "--resume-timeout",

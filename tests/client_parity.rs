@@ -319,6 +319,7 @@ fn cache_rig() -> Option<CacheRig> {
 fn sa_check(rig: &CacheRig, state: &Path) -> Command {
     let mut cmd = iap_ssh(&rig.relay, state);
     cmd.env("CLOUDSDK_COMPUTE_ZONE", ZONE)
+        .env("IAP_SSH_TOKENINFO_URL", rig.endpoint.tokeninfo_url())
         .arg("--check")
         .arg("--credentials-file")
         .arg(&rig.key)

@@ -1,23 +1,26 @@
 //! Where the client's bearer token comes from.
 //!
-//! A fresh token is asked for before every WebSocket handshake. Tokens from a service-account
-//! key or Application Default Credentials are kept in the on-disk [`TokenCache`] when one is
-//! given, so that one process after another reuses them. The [`Token`] type cannot be
+//! A fresh token is asked for before every WebSocket handshake. Three kinds of source: an
+//! access-token file, the gcloud account ([`super::gcloud`]), and `google-cloud-auth` for
+//! credentials files and the metadata server ([`super::adc`]). Tokens from the last two are
+//! kept with their real expiry in the on-disk [`TokenCache`] when one is given, so that one
+//! process after another reuses them. The [`Token`] type cannot be
 //! printed: its `Debug` is redacted and it has no `Display`, so it cannot leak into a log line
 //! or an error message by accident.
 
 use std::fmt;
-use std::path::{Path, PathBuf};
-use std::sync::Arc;
+use std::path::PathBuf;
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
-use std::sync::atomic::{AtomicBool, Ordering};
-
-use anyhow::{Context, anyhow, bail};
-use tokio::sync::OnceCell;
+use anyhow::bail;
 use tokio_tungstenite::tungstenite::http::HeaderValue;
 
-use super::cache::{TokenCache, unix_now};
+use super::adc::{Library, Origin, TokenInfo};
+use super::cache::{Cached, TokenCache, unix_now};
+use super::gcloud::{GcloudAnswer, GcloudRunner};
+use crate::close::ExitKind;
 
 /// OAuth scopes requested from Google: `cloud-platform` carries IAP's permission and
 /// `userinfo.email` lets a relay's token-info check learn who the caller is.
@@ -77,23 +80,27 @@ impl fmt::Debug for Token {
 enum Source {
     /// A file holding an access token, re-read before every handshake (another process may
     /// refresh it), as gcloud's `CLOUDSDK_AUTH_ACCESS_TOKEN_FILE`. Never cached: the file is
-    /// already the cache.
-    AccessTokenFile(PathBuf),
-    /// A service-account key file, through gcp_auth (signed JWT exchanged at the key's
-    /// `token_uri`).
-    ServiceAccount {
-        path: PathBuf,
-        account: Box<gcp_auth::CustomServiceAccount>,
-        /// SHA-256 of the key file: a rotated key gets its own cache entry.
+    /// already the cache. `how` names the flag, variable or property that chose it.
+    AccessTokenFile { path: PathBuf, how: String },
+    /// The gcloud account, through `gcloud config config-helper`.
+    Gcloud(Box<GcloudSource>),
+    /// `google-cloud-auth`: a credentials file of any type, or the metadata server.
+    Library {
+        library: Library,
+        tokeninfo: Option<TokenInfo>,
         fingerprint: Vec<u8>,
-        email: Option<String>,
     },
-    /// Application Default Credentials through gcp_auth, discovered on first use.
-    Default {
-        cell: OnceCell<Arc<dyn gcp_auth::TokenProvider>>,
-        fingerprint: Vec<u8>,
-        email: Option<String>,
-    },
+}
+
+/// The gcloud account, through `gcloud config config-helper`.
+struct GcloudSource {
+    runner: GcloudRunner,
+    /// The answer read while the configuration was built, used for the first token.
+    primed: Mutex<Option<GcloudAnswer>>,
+    /// Set after a refusal: the next call asks gcloud for a fresh token.
+    force_refresh: AtomicBool,
+    fingerprint: Vec<u8>,
+    account: Option<String>,
 }
 
 /// A way of obtaining tokens, with an optional on-disk cache.
@@ -102,6 +109,8 @@ pub struct Credentials {
     cache: Option<TokenCache>,
     /// The cache's warning is shown once per process, not on every reconnect.
     warned: AtomicBool,
+    /// Who the tokens belong to, as learned from the source, the cache or token-info.
+    principal: Mutex<Option<String>>,
 }
 
 impl fmt::Debug for Credentials {
@@ -131,63 +140,127 @@ impl KeyFileInfo {
     }
 }
 
-fn sha256(bytes: &[u8]) -> Vec<u8> {
-    ring::digest::digest(&ring::digest::SHA256, bytes)
-        .as_ref()
-        .to_vec()
+/// A token fetched just now, with what came with it.
+struct Fresh {
+    token: Token,
+    expires_at: Option<u64>,
+    principal: Option<String>,
+    properties: Option<serde_json::Value>,
 }
 
+/// Why no token could be had: the exit kind and one line.
+#[derive(Clone, Debug)]
+pub struct TokenError {
+    /// [`ExitKind::Other`] for network failures, [`ExitKind::Authentication`] otherwise.
+    pub kind: ExitKind,
+    /// Names the source, what failed and what to do; never the token.
+    pub message: String,
+}
+
+impl fmt::Display for TokenError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.message)
+    }
+}
+
+impl std::error::Error for TokenError {}
+
 impl Credentials {
-    fn from_source(source: Source) -> Credentials {
+    fn from_source(source: Source, principal: Option<String>) -> Credentials {
         Credentials {
             source,
             cache: None,
             warned: AtomicBool::new(false),
+            principal: Mutex::new(principal),
         }
     }
 
-    /// Tokens read from `path` before every handshake.
-    pub fn access_token_file(path: PathBuf) -> Credentials {
-        Credentials::from_source(Source::AccessTokenFile(path))
+    /// Tokens read from `path` before every handshake; `how` names what chose the file.
+    pub fn access_token_file(path: PathBuf, how: &str) -> Credentials {
+        Credentials::from_source(
+            Source::AccessTokenFile {
+                path,
+                how: how.to_owned(),
+            },
+            None,
+        )
     }
 
-    /// Credentials from a service-account key file.
+    /// The gcloud account. `primed` is an answer already read (or `None`); `fingerprint`
+    /// tells one gcloud setup from another for the cache.
+    pub fn gcloud(
+        runner: GcloudRunner,
+        primed: Option<GcloudAnswer>,
+        fingerprint: &[u8],
+        account: Option<String>,
+    ) -> Credentials {
+        let mut material = b"gcloud\0".to_vec();
+        material.extend_from_slice(fingerprint);
+        let principal = primed
+            .as_ref()
+            .and_then(|a| {
+                a.properties
+                    .impersonate
+                    .clone()
+                    .or(a.properties.account.clone())
+            })
+            .or_else(|| account.clone());
+        Credentials::from_source(
+            Source::Gcloud(Box::new(GcloudSource {
+                runner,
+                primed: Mutex::new(primed),
+                force_refresh: AtomicBool::new(false),
+                fingerprint: material,
+                account,
+            })),
+            principal,
+        )
+    }
+
+    /// Credentials through `google-cloud-auth`; `tokeninfo` learns each fresh token's expiry
+    /// (without it tokens are not cached).
+    pub fn library(library: Library, tokeninfo: Option<TokenInfo>) -> Credentials {
+        let mut material = b"library\0".to_vec();
+        match library.origin() {
+            Origin::File { path, .. } => {
+                material.extend_from_slice(path.as_os_str().as_encoded_bytes());
+                material.push(0);
+                if let Ok(bytes) = std::fs::read(path) {
+                    material.extend_from_slice(&sha256(&bytes));
+                }
+            }
+            Origin::Metadata { host } => {
+                material.extend_from_slice(b"metadata\0");
+                material.extend_from_slice(host.as_bytes());
+            }
+        }
+        let principal = library.named_principal().map(str::to_owned);
+        Credentials::from_source(
+            Source::Library {
+                library,
+                tokeninfo,
+                fingerprint: material,
+            },
+            principal,
+        )
+    }
+
+    /// The library behind these credentials, or the credentials back when they are another
+    /// kind (to rebuild them with a token-info client once TLS settings are known).
     ///
     /// # Errors
-    /// When the file cannot be read or is not a service-account key.
-    pub fn service_account(path: &Path) -> anyhow::Result<Credentials> {
-        let text = std::fs::read_to_string(path).map_err(|e| {
-            anyhow!(
-                "reading the service-account key {}: {e}: pass a JSON key file downloaded for a service account",
-                path.display()
-            )
-        })?;
-        let account = gcp_auth::CustomServiceAccount::from_json(&text).map_err(|e| {
-            anyhow!(
-                "reading the service-account key {}: {e}: pass a JSON key file downloaded for a service account",
-                path.display()
-            )
-        })?;
-        let email = KeyFileInfo::parse(&text).and_then(|k| k.client_email);
-        Ok(Credentials::from_source(Source::ServiceAccount {
-            path: path.to_owned(),
-            account: Box::new(account),
-            fingerprint: sha256(text.as_bytes()),
-            email,
-        }))
-    }
-
-    /// Application Default Credentials. `fingerprint` tells one ADC setup from another for the
-    /// cache (the caller hashes the credential files it knows of); `email` is the identity when
-    /// a file names it.
-    pub fn application_default(fingerprint: &[u8], email: Option<String>) -> Credentials {
-        let mut material = b"application-default\0".to_vec();
-        material.extend_from_slice(fingerprint);
-        Credentials::from_source(Source::Default {
-            cell: OnceCell::new(),
-            fingerprint: material,
-            email,
-        })
+    /// Gives `self` back when the source is not the library.
+    #[allow(clippy::result_large_err)] // gives the value back, as Option::ok_or would
+    pub fn take_library(self) -> Result<Library, Credentials> {
+        match self.source {
+            Source::Library { library, .. } => Ok(library),
+            source => Err(Credentials {
+                source,
+                cache: self.cache,
+                warned: self.warned,
+                principal: self.principal,
+            }),
+        }
     }
 
     /// Keeps tokens in `cache` between processes (not for access-token files).
@@ -199,22 +272,40 @@ impl Credentials {
     /// Where tokens come from, for messages (never the token).
     pub fn describe(&self) -> String {
         match &self.source {
-            Source::AccessTokenFile(p) => format!("access token file {}", p.display()),
-            Source::ServiceAccount { path, .. } => {
-                format!("service-account key {}", path.display())
+            Source::AccessTokenFile { path, how } => {
+                format!("access token file {} ({how})", path.display())
             }
-            Source::Default { .. } => "Application Default Credentials".to_owned(),
+            Source::Gcloud(_) => "the gcloud account (gcloud config config-helper)".to_owned(),
+            Source::Library { library, .. } => library.describe(),
         }
     }
 
-    /// Who the tokens belong to, where the credential says (a key file's `client_email`).
-    pub fn identity(&self) -> Option<&str> {
-        match &self.source {
-            Source::AccessTokenFile(_) => None,
-            Source::ServiceAccount { email, .. } | Source::Default { email, .. } => {
-                email.as_deref()
-            }
+    /// Who the tokens belong to, where the source says (an email address).
+    pub fn identity(&self) -> Option<String> {
+        self.principal.lock().ok().and_then(|p| p.clone())
+    }
+
+    /// [`describe`](Self::describe) with the principal when known.
+    pub fn describe_with_identity(&self) -> String {
+        match self.identity() {
+            Some(who) => format!("{} as {who}", self.describe()),
+            None => self.describe(),
         }
+    }
+
+    /// Whether the source is `google-cloud-auth`, whose HTTP clients take proxies from the
+    /// environment only.
+    pub fn uses_library(&self) -> bool {
+        match &self.source {
+            Source::Library { library, .. } => library.reads_proxy_env(),
+            _ => false,
+        }
+    }
+
+    /// Whether a refused token can be replaced by a fresh one (not for access-token files,
+    /// which only their writer can refresh).
+    pub fn can_refresh(&self) -> bool {
+        !matches!(self.source, Source::AccessTokenFile { .. })
     }
 
     /// The cache in use, if any.
@@ -222,55 +313,94 @@ impl Credentials {
         self.cache.as_ref()
     }
 
+    fn set_principal(&self, who: Option<String>) {
+        if let (Some(who), Ok(mut slot)) = (who, self.principal.lock()) {
+            *slot = Some(who);
+        }
+    }
+
     /// A token for the next handshake: from the cache while it has more than
-    /// [`REFRESH_MARGIN`](super::cache::REFRESH_MARGIN) to live, else fetched (and cached).
+    /// [`REFRESH_MARGIN`](super::cache::REFRESH_MARGIN) to live, else fetched (and cached
+    /// with its real expiry).
     ///
     /// # Errors
     /// When the source cannot produce one within [`TOKEN_TIMEOUT`]; the message names the
     /// source and what to do, never the token.
-    pub async fn token(&self) -> anyhow::Result<Token> {
-        let key = self.cache.as_ref().and_then(|_| self.cache_key());
-        if let (Some(cache), Some(key)) = (&self.cache, &key) {
-            match cache.load(key, unix_now()) {
-                Ok(Some(token)) => {
-                    tracing::debug!(source = %self.describe(), "using a cached token");
-                    return Ok(token);
-                }
-                Ok(None) => {}
-                Err(warning) => self.warn_once(&warning),
-            }
+    pub async fn token(&self) -> Result<Token, TokenError> {
+        if let Some(cached) = self.load_cached() {
+            tracing::info!(source = %self.describe_with_identity(), "using a cached token");
+            return Ok(cached.token);
         }
-        let (token, expires_at) = tokio::time::timeout(TOKEN_TIMEOUT, self.fetch())
+        let fresh = tokio::time::timeout(TOKEN_TIMEOUT, self.fetch())
             .await
             .unwrap_or_else(|_| {
-                Err(anyhow!(
-                    "getting an access token from {} took longer than {}s",
-                    self.describe(),
-                    TOKEN_TIMEOUT.as_secs()
-                ))
+                Err(TokenError {
+                    kind: ExitKind::Other,
+                    message: format!(
+                        "network error: getting an access token from {} took longer than {}s: check the network and proxy settings",
+                        self.describe(),
+                        TOKEN_TIMEOUT.as_secs()
+                    ),
+                })
             })?;
-        if let (Some(cache), Some(key), Some(expires_at)) = (&self.cache, &key, expires_at)
-            && let Err(warning) = cache.store(key, &token, expires_at)
+        self.set_principal(fresh.principal.clone());
+        tracing::info!(source = %self.describe_with_identity(), "got a fresh token");
+        if let (Some(cache), Some(key), Some(expires_at)) =
+            (&self.cache, self.cache_key(), fresh.expires_at)
         {
-            self.warn_once(&warning);
+            let entry = Cached {
+                token: fresh.token.clone(),
+                expires_at,
+                principal: self.identity(),
+                properties: fresh.properties,
+            };
+            if let Err(warning) = cache.store(&key, &entry) {
+                self.warn_once(&warning);
+            }
         }
-        Ok(token)
+        Ok(fresh.token)
     }
 
-    /// Forgets the cached token, so the next [`token`](Self::token) fetches a fresh one. For
-    /// when the relay refused the token (HTTP 401, close 4004) before its recorded expiry.
+    /// The cached entry for this source, if it has time left; also records its principal.
+    pub fn load_cached(&self) -> Option<Cached> {
+        let (cache, key) = (self.cache.as_ref()?, self.cache_key()?);
+        match cache.load(&key, unix_now()) {
+            Ok(Some(entry)) => {
+                self.set_principal(entry.principal.clone());
+                Some(entry)
+            }
+            Ok(None) => None,
+            Err(warning) => {
+                self.warn_once(&warning);
+                None
+            }
+        }
+    }
+
+    /// Forgets the cached token, so the next [`token`](Self::token) fetches a fresh one from
+    /// the source itself (not from gcloud's or the library's own memory). For when the relay
+    /// refused the token (HTTP 401, close 4004) before its recorded expiry.
     pub fn forget_cached(&self) {
         if let (Some(cache), Some(key)) = (&self.cache, self.cache_key()) {
             cache.forget(&key);
+        }
+        match &self.source {
+            Source::AccessTokenFile { .. } => {}
+            Source::Gcloud(g) => {
+                if let Ok(mut p) = g.primed.lock() {
+                    *p = None;
+                }
+                g.force_refresh.store(true, Ordering::Relaxed);
+            }
+            Source::Library { library, .. } => library.reset(),
         }
     }
 
     fn cache_key(&self) -> Option<String> {
         match &self.source {
-            Source::ServiceAccount { fingerprint, .. } | Source::Default { fingerprint, .. } => {
-                Some(TokenCache::key(fingerprint, SCOPES))
-            }
-            Source::AccessTokenFile(_) => None,
+            Source::Gcloud(g) => Some(TokenCache::key(&g.fingerprint, SCOPES)),
+            Source::Library { fingerprint, .. } => Some(TokenCache::key(fingerprint, SCOPES)),
+            Source::AccessTokenFile { .. } => None,
         }
     }
 
@@ -281,48 +411,108 @@ impl Credentials {
     }
 
     /// A fresh token and, when known, its expiry in Unix seconds.
-    async fn fetch(&self) -> anyhow::Result<(Token, Option<u64>)> {
-        let expiry = |t: &gcp_auth::Token| u64::try_from(t.expires_at().timestamp()).ok();
+    async fn fetch(&self) -> Result<Fresh, TokenError> {
+        let auth = |message: String| TokenError {
+            kind: ExitKind::Authentication,
+            message,
+        };
         match &self.source {
-            Source::AccessTokenFile(path) => {
-                let text = tokio::fs::read_to_string(path)
-                    .await
-                    .with_context(|| format!("reading access token file {}", path.display()))?;
-                let token = Token::new(&text)
-                    .with_context(|| format!("access token file {}", path.display()))?;
-                Ok((token, None))
-            }
-            Source::ServiceAccount { path, account, .. } => {
-                let token = gcp_auth::TokenProvider::token(account.as_ref(), SCOPES)
-                    .await
-                    .map_err(|e| {
-                        anyhow!(
-                            "getting an access token with service-account key {}: {e}",
-                            path.display()
-                        )
-                    })?;
-                let ours = Token::new(token.as_str())
-                    .context("the token endpoint returned an unusable token")?;
-                Ok((ours, expiry(&token)))
-            }
-            Source::Default { cell, .. } => {
-                let provider = cell
-                    .get_or_try_init(gcp_auth::provider)
-                    .await
-                    .map_err(|e| {
-                        anyhow!(
-                            "finding Google credentials: {e}: run `gcloud auth application-default login`, set GOOGLE_APPLICATION_CREDENTIALS, or pass --access-token-file or --credentials-file"
-                        )
-                    })?;
-                let token = provider.token(SCOPES).await.map_err(|e| {
-                    anyhow!("getting an access token from Application Default Credentials: {e}")
+            Source::AccessTokenFile { path, how } => {
+                let text = tokio::fs::read_to_string(path).await.map_err(|e| {
+                    auth(format!(
+                        "reading access token file {} ({how}): {e}",
+                        path.display()
+                    ))
                 })?;
-                let ours = Token::new(token.as_str())
-                    .context("Application Default Credentials returned an unusable token")?;
-                Ok((ours, expiry(&token)))
+                let token = Token::new(&text).map_err(|e| {
+                    auth(format!("access token file {} ({how}): {e}", path.display()))
+                })?;
+                Ok(Fresh {
+                    token,
+                    expires_at: None,
+                    principal: None,
+                    properties: None,
+                })
+            }
+            Source::Gcloud(g) => {
+                let GcloudSource {
+                    runner,
+                    primed,
+                    force_refresh,
+                    account,
+                    ..
+                } = g.as_ref();
+                let ready = primed.lock().ok().and_then(|mut p| p.take());
+                let answer = match ready {
+                    Some(answer) => answer,
+                    None => {
+                        let runner = runner.clone();
+                        let force = force_refresh.swap(false, Ordering::Relaxed);
+                        tokio::task::spawn_blocking(move || runner.run(force))
+                            .await
+                            .map_err(|e| auth(format!("running gcloud: {e}")))?
+                            .map_err(|e| TokenError {
+                                kind: e.kind,
+                                message: e.message,
+                            })?
+                    }
+                };
+                let principal = answer
+                    .properties
+                    .impersonate
+                    .clone()
+                    .or(answer.properties.account.clone())
+                    .or_else(|| account.clone());
+                let properties = serde_json::to_value(&answer.properties).ok();
+                Ok(Fresh {
+                    token: answer.token,
+                    expires_at: answer.expires_at,
+                    principal,
+                    properties,
+                })
+            }
+            Source::Library {
+                library, tokeninfo, ..
+            } => {
+                let (token, known_expiry) = library.fetch().await.map_err(|e| TokenError {
+                    kind: e.kind,
+                    message: e.message,
+                })?;
+                // google-cloud-auth keeps the expiry to itself; token-info tells it (once per
+                // fresh token, as the cache then serves it).
+                let facts = match (known_expiry, tokeninfo) {
+                    (Some(expires_at), _) => Some(super::adc::TokenFacts {
+                        expires_at,
+                        email: None,
+                    }),
+                    (None, Some(info)) => match info.lookup(&token).await {
+                        Ok(facts) => Some(facts),
+                        Err(e) => {
+                            tracing::info!("not caching the token: its expiry is unknown ({e})");
+                            None
+                        }
+                    },
+                    (None, None) => None,
+                };
+                let principal = library
+                    .named_principal()
+                    .map(str::to_owned)
+                    .or_else(|| facts.as_ref().and_then(|f| f.email.clone()));
+                Ok(Fresh {
+                    token,
+                    expires_at: facts.map(|f| f.expires_at),
+                    principal,
+                    properties: None,
+                })
             }
         }
     }
+}
+
+fn sha256(bytes: &[u8]) -> Vec<u8> {
+    ring::digest::digest(&ring::digest::SHA256, bytes)
+        .as_ref()
+        .to_vec()
 }
 
 #[cfg(test)]
@@ -346,11 +536,12 @@ mod tests {
     async fn token_file_is_read_per_call_and_errors_name_the_file() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("token");
-        let creds = Credentials::access_token_file(path.clone());
+        let creds = Credentials::access_token_file(path.clone(), "--access-token-file");
         let err = creds.token().await.unwrap_err();
         assert!(
-            format!("{err:#}").contains("reading access token file"),
-            "{err:#}"
+            err.message.contains("reading access token file")
+                && err.message.contains("--access-token-file"),
+            "{err}"
         );
         std::fs::write(&path, "first\n").unwrap();
         assert_eq!(creds.token().await.unwrap().authorization(), "Bearer first");
@@ -360,7 +551,7 @@ mod tests {
             "Bearer second"
         );
         std::fs::write(&path, "not a token").unwrap();
-        let err = format!("{:#}", creds.token().await.unwrap_err());
+        let err = creds.token().await.unwrap_err().message;
         assert!(
             err.contains("access token file") && !err.contains("not a token"),
             "{err}"

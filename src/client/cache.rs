@@ -36,6 +36,26 @@ struct Entry {
     access_token: String,
     /// Seconds since the Unix epoch.
     expires_at: u64,
+    /// Who the token belongs to, when the source said (shown by `--check` and `-v`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    principal: Option<String>,
+    /// What else the source answered alongside the token (gcloud's active properties), so
+    /// that a cached run needs no call to the source at all.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    properties: Option<serde_json::Value>,
+}
+
+/// A token with its real expiry and what came with it.
+#[derive(Clone, Debug)]
+pub struct Cached {
+    /// The token.
+    pub token: Token,
+    /// Its expiry, Unix seconds.
+    pub expires_at: u64,
+    /// Who it belongs to, when known.
+    pub principal: Option<String>,
+    /// Source-specific extras (gcloud's properties).
+    pub properties: Option<serde_json::Value>,
 }
 
 /// Seconds since the Unix epoch, now.
@@ -78,7 +98,7 @@ impl TokenCache {
     /// # Errors
     /// A one-line warning (never holding the token) when the cache cannot be trusted or read;
     /// the caller fetches a fresh token.
-    pub fn load(&self, key: &str, now: u64) -> Result<Option<Token>, String> {
+    pub fn load(&self, key: &str, now: u64) -> Result<Option<Cached>, String> {
         match fs::symlink_metadata(&self.dir) {
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
             Err(e) => return Err(self.warning(&format!("cannot read it: {e}"))),
@@ -103,16 +123,22 @@ impl TokenCache {
         if entry.expires_at < now.saturating_add(REFRESH_MARGIN.as_secs()) {
             return Ok(None);
         }
-        Token::new(&entry.access_token)
-            .map(Some)
-            .map_err(|_| self.file_warning(&path, "it holds no usable token; it will be replaced"))
+        let token = Token::new(&entry.access_token).map_err(|_| {
+            self.file_warning(&path, "it holds no usable token; it will be replaced")
+        })?;
+        Ok(Some(Cached {
+            token,
+            expires_at: entry.expires_at,
+            principal: entry.principal,
+            properties: entry.properties,
+        }))
     }
 
-    /// Stores `token`, valid until `expires_at` (Unix seconds), for `key`.
+    /// Stores `cached` (a token valid until its `expires_at`) for `key`.
     ///
     /// # Errors
     /// A one-line warning when the directory cannot be made or trusted or the file written.
-    pub fn store(&self, key: &str, token: &Token, expires_at: u64) -> Result<(), String> {
+    pub fn store(&self, key: &str, cached: &Cached) -> Result<(), String> {
         DirBuilder::new()
             .recursive(true)
             .mode(0o700)
@@ -122,8 +148,10 @@ impl TokenCache {
             .map_err(|e| self.warning(&format!("cannot read it: {e}")))?;
         self.check_dir(&meta)?;
         let entry = Entry {
-            access_token: token.secret().to_owned(),
-            expires_at,
+            access_token: cached.token.secret().to_owned(),
+            expires_at: cached.expires_at,
+            principal: cached.principal.clone(),
+            properties: cached.properties.clone(),
         };
         let text = serde_json::to_string(&entry).map_err(|e| self.warning(&e.to_string()))?;
         // A unique temporary name per writer: concurrent first uses each write their own file
@@ -209,6 +237,15 @@ mod tests {
         Token::new(text).unwrap()
     }
 
+    fn entry(text: &str, expires_at: u64) -> Cached {
+        Cached {
+            token: token(text),
+            expires_at,
+            principal: Some("who@example.com".into()),
+            properties: None,
+        }
+    }
+
     #[test]
     fn keys_differ_by_source_and_scopes() {
         let k = TokenCache::key(b"src", SCOPES);
@@ -224,16 +261,17 @@ mod tests {
         let cache = TokenCache::new(dir.path().join("sub/iap-ssh"));
         let key = TokenCache::key(b"src", SCOPES);
         assert_eq!(cache.load(&key, 1000).map(|t| t.is_some()), Ok(false));
-        cache.store(&key, &token("tok-1"), 10_000).unwrap();
+        cache.store(&key, &entry("tok-1", 10_000)).unwrap();
         let dir_mode = fs::metadata(cache.dir()).unwrap().permissions().mode() & 0o777;
         let file_mode = fs::metadata(cache.path(&key)).unwrap().permissions().mode() & 0o777;
         assert_eq!((dir_mode, file_mode), (0o700, 0o600));
         let got = cache.load(&key, 10_000 - 301).unwrap().unwrap();
-        assert_eq!(got.authorization(), "Bearer tok-1");
+        assert_eq!(got.token.authorization(), "Bearer tok-1");
+        assert_eq!(got.principal.as_deref(), Some("who@example.com"));
         assert!(cache.load(&key, 10_000 - 299).unwrap().is_none());
         cache.forget(&key);
         assert!(cache.load(&key, 0).unwrap().is_none());
-        cache.store(&key, &token("tok-1"), 10_000).unwrap();
+        cache.store(&key, &entry("tok-1", 10_000)).unwrap();
         // Nothing but the one file is left behind.
         assert_eq!(fs::read_dir(cache.dir()).unwrap().count(), 1);
     }
@@ -243,7 +281,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let cache = TokenCache::new(dir.path().join("c"));
         let key = TokenCache::key(b"src", SCOPES);
-        cache.store(&key, &token("secret-tok"), u64::MAX).unwrap();
+        cache.store(&key, &entry("secret-tok", u64::MAX)).unwrap();
         let path = cache.path(&key);
 
         fs::set_permissions(&path, fs::Permissions::from_mode(0o644)).unwrap();
@@ -258,13 +296,13 @@ mod tests {
         let err = cache.load(&key, 0).unwrap_err();
         assert!(err.contains("not valid JSON"), "{err}");
         // A store replaces the broken file.
-        cache.store(&key, &token("secret-tok"), u64::MAX).unwrap();
+        cache.store(&key, &entry("secret-tok", u64::MAX)).unwrap();
         assert!(cache.load(&key, 0).unwrap().is_some());
 
         fs::set_permissions(cache.dir(), fs::Permissions::from_mode(0o755)).unwrap();
         let err = cache.load(&key, 0).unwrap_err();
         assert!(err.contains("mode is 755"), "{err}");
-        assert!(cache.store(&key, &token("x"), 1).is_err());
+        assert!(cache.store(&key, &entry("x", 1)).is_err());
         fs::set_permissions(cache.dir(), fs::Permissions::from_mode(0o700)).unwrap();
 
         // Ownership by another user: only root can arrange it.

@@ -44,10 +44,6 @@ impl Report {
 
 /// Opens one tunnel and closes it at once.
 pub async fn run(config: &TunnelConfig) -> Report {
-    let credentials = match config.credentials.identity() {
-        Some(who) => format!("{} ({who})", config.credentials.describe()),
-        None => config.credentials.describe(),
-    };
     let started = Instant::now();
     let result = match config.connect().await {
         Ok((mut ws, sid)) => {
@@ -65,6 +61,11 @@ pub async fn run(config: &TunnelConfig) -> Report {
             Ok((sid, took))
         }
         Err(e) => Err(e),
+    };
+    // After the connection, so that the principal learned with the token is shown too.
+    let credentials = match config.credentials.identity() {
+        Some(who) => format!("{} ({who})", config.credentials.describe()),
+        None => config.credentials.describe(),
     };
     let endpoint = &config.dialer.endpoint;
     Report {

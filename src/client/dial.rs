@@ -192,7 +192,7 @@ pub struct ClientIdentity<'a> {
 /// # Errors
 /// When `ca_file` cannot be read or holds no certificate, or no trusted root is found at all.
 pub fn tls_config(ca_file: Option<&Path>) -> anyhow::Result<Arc<rustls::ClientConfig>> {
-    tls_config_with_client(ca_file, None)
+    tls_config_with_client(ca_file.as_slice(), None)
 }
 
 /// [`tls_config`] presenting a client certificate when `client` is given (mutual TLS).
@@ -200,7 +200,7 @@ pub fn tls_config(ca_file: Option<&Path>) -> anyhow::Result<Arc<rustls::ClientCo
 /// # Errors
 /// As [`tls_config`], and when the client certificate and key cannot be read or do not match.
 pub fn tls_config_with_client(
-    ca_file: Option<&Path>,
+    ca_files: &[&Path],
     client: Option<ClientIdentity<'_>>,
 ) -> anyhow::Result<Arc<rustls::ClientConfig>> {
     let mut roots = RootCertStore::empty();
@@ -208,7 +208,7 @@ pub fn tls_config_with_client(
     // skipped, as browsers do.
     let native = rustls_native_certs::load_native_certs();
     roots.add_parsable_certificates(native.certs);
-    if let Some(path) = ca_file {
+    for &path in ca_files {
         let mut added = 0;
         for cert in CertificateDer::pem_file_iter(path)
             .with_context(|| format!("reading CA file {}", path.display()))?

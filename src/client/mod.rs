@@ -1,10 +1,12 @@
 //! The `iap-ssh` client: credentials, dialing, tunnels, and the stdio and listener modes.
 
+pub mod adc;
 pub mod auth;
 pub mod cache;
 pub mod check;
 pub mod config;
 pub mod dial;
+pub mod gcloud;
 pub mod listen;
 pub mod proxy;
 pub mod report;
@@ -12,13 +14,15 @@ pub mod ssh_config;
 pub mod stdio;
 pub mod tunnel;
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use crate::close::ExitKind;
-use auth::{Credentials, KeyFileInfo};
+use adc::{Library, TokenInfo};
+use auth::Credentials;
 use cache::TokenCache;
-use config::{Fallback, TargetArgs};
+use config::{Fallback, GcloudProperties, TargetArgs};
 use dial::{ClientIdentity, Dialer, Endpoint};
+use gcloud::GcloudRunner;
 use proxy::Proxy;
 use tokio_tungstenite::tungstenite::http::HeaderValue;
 use tunnel::{Failure, TunnelConfig};
@@ -34,9 +38,11 @@ pub struct Options {
     pub endpoint: Option<String>,
     /// `--ca-file`: extra trusted CA certificates (PEM).
     pub ca_file: Option<PathBuf>,
-    /// `--access-token-file` (or `CLOUDSDK_AUTH_ACCESS_TOKEN_FILE`).
+    /// `--access-token-file`.
     pub access_token_file: Option<PathBuf>,
-    /// `--credentials-file`: a service-account key.
+    /// `--credentials`: `gcloud`, `adc`, or a credentials file.
+    pub credentials: Option<String>,
+    /// `--credentials-file`: a credentials file of any type (same as `--credentials FILE`).
     pub credentials_file: Option<PathBuf>,
     /// `--client-cert`: PEM certificate chain for mutual TLS.
     pub client_cert: Option<PathBuf>,
@@ -50,6 +56,17 @@ pub struct Options {
     /// gcloud's configuration folder (`$CLOUDSDK_CONFIG` or `~/.config/gcloud`, found by
     /// `main`), for project and zone fallbacks and ADC files.
     pub gcloud_config_dir: Option<PathBuf>,
+    /// The well-known ADC file, `~/.config/gcloud/application_default_credentials.json`
+    /// (found by `main`; looked at after the one under `gcloud_config_dir`).
+    pub home_adc_file: Option<PathBuf>,
+    /// The `gcloud` program, when on `PATH` (found by `main`).
+    pub gcloud_program: Option<PathBuf>,
+    /// Every `CLOUDSDK_*` variable, sorted: part of what tells one gcloud setup from another
+    /// for the token cache.
+    pub cloudsdk_env: Vec<(String, String)>,
+    /// Whether this machine says it is a Google Compute Engine VM (DMI product name), so the
+    /// metadata server is worth asking.
+    pub on_gce: bool,
     /// `--resume-timeout`: how long to keep trying to resume a lost tunnel.
     pub resume_timeout: Option<std::time::Duration>,
     /// `--request-reason`: sent as `X-Goog-Request-Reason` (else `CLOUDSDK_CORE_REQUEST_REASON`).
@@ -100,12 +117,45 @@ fn usage(message: String) -> Failure {
     }
 }
 
+fn auth_failure(message: String) -> Failure {
+    Failure {
+        kind: ExitKind::Authentication,
+        message,
+    }
+}
+
+/// What `--credentials` (or `--credentials-file`) asked for.
+enum Wanted {
+    Auto,
+    Gcloud,
+    Adc,
+    File(PathBuf, &'static str),
+}
+
+/// The chosen source, before it is built.
+enum Chosen {
+    TokenFile(PathBuf, String),
+    Gcloud(PathBuf),
+    File(PathBuf, String),
+    Metadata(String),
+}
+
 impl Options {
     /// Validates the options into a tunnel configuration. `env` reads environment variables
     /// (the library itself never touches the process environment).
     ///
+    /// Credentials, first found wins: `--access-token-file`; `--credentials`/
+    /// `--credentials-file`; `CLOUDSDK_AUTH_ACCESS_TOKEN_FILE`; gcloud's
+    /// `auth/access_token_file`; the gcloud account (gcloud on `PATH` and an active account
+    /// in its configuration), as `gcloud compute start-iap-tunnel` would use; then
+    /// Application Default Credentials: `GOOGLE_APPLICATION_CREDENTIALS`, the ADC file under
+    /// `$CLOUDSDK_CONFIG`, `~/.config/gcloud/application_default_credentials.json`, the
+    /// metadata server (only with `GCE_METADATA_HOST` or on a GCE VM, so nothing is probed
+    /// elsewhere).
+    ///
     /// # Errors
-    /// A usage [`Failure`] naming the bad option and what to do.
+    /// A [`Failure`] naming the bad option, or the credential source that failed, and what
+    /// to do.
     pub fn into_config(
         self,
         env: &dyn Fn(&str) -> Option<String>,
@@ -114,13 +164,106 @@ impl Options {
             return Err(usage("PORT must be between 1 and 65535".to_owned()));
         }
         let env_path = |name: &str| env(name).filter(|s| !s.is_empty()).map(PathBuf::from);
-        let adc_key = env_path("GOOGLE_APPLICATION_CREDENTIALS");
-        let key_file = self.credentials_file.clone().or_else(|| adc_key.clone());
-        let fallback = Fallback::load(
+        let adc_env = env_path("GOOGLE_APPLICATION_CREDENTIALS");
+        let wanted = match (&self.credentials, &self.credentials_file) {
+            (Some(_), Some(_)) => {
+                return Err(usage(
+                    "--credentials and --credentials-file are alternatives: give one".to_owned(),
+                ));
+            }
+            (None, None) => Wanted::Auto,
+            (None, Some(f)) => Wanted::File(f.clone(), "--credentials-file"),
+            (Some(c), None) => match c.trim() {
+                "gcloud" => Wanted::Gcloud,
+                "adc" => Wanted::Adc,
+                "" => {
+                    return Err(usage(
+                        "--credentials needs gcloud, adc or a file".to_owned(),
+                    ));
+                }
+                file => Wanted::File(PathBuf::from(file), "--credentials"),
+            },
+        };
+        if self.access_token_file.is_some() && !matches!(wanted, Wanted::Auto) {
+            return Err(usage(
+                "--access-token-file and --credentials are alternatives: give one".to_owned(),
+            ));
+        }
+        let key_file = match &wanted {
+            Wanted::File(f, _) => Some(f.clone()),
+            _ => adc_env.clone(),
+        };
+        let mut fallback = Fallback::load(
             self.gcloud_config_dir.as_deref(),
             env("CLOUDSDK_ACTIVE_CONFIG_NAME").as_deref(),
             key_file.as_deref(),
         );
+        let chosen = self.choose(&wanted, &fallback.gcloud, env, adc_env)?;
+
+        // The proxy gcloud itself is told to use when --proxy overrides its settings.
+        let flag_proxy = match self.proxy.as_deref().map(str::trim) {
+            None | Some("" | "none") => None,
+            Some(url) => Some(
+                Proxy::parse(url)
+                    .map_err(|e| usage(format!("--proxy: {e}")))?
+                    .url(),
+            ),
+        };
+        let cache = self.token_cache_dir.clone().map(TokenCache::new);
+        let mut gcloud_props = fallback.gcloud.clone();
+        let credentials = match chosen {
+            Chosen::TokenFile(path, how) => Credentials::access_token_file(path, &how),
+            Chosen::Gcloud(program) => {
+                let runner = GcloudRunner {
+                    program,
+                    proxy_override: flag_proxy,
+                };
+                let fingerprint = self.gcloud_fingerprint(env);
+                let mut creds = Credentials::gcloud(
+                    runner.clone(),
+                    None,
+                    &fingerprint,
+                    fallback.gcloud.account.clone(),
+                );
+                if let Some(cache) = &cache {
+                    creds = creds.with_cache(cache.clone());
+                }
+                // A cached answer carries gcloud's properties too: no gcloud run at all.
+                let answer_props = match creds.load_cached() {
+                    Some(cached) => cached
+                        .properties
+                        .and_then(|v| serde_json::from_value::<GcloudProperties>(v).ok()),
+                    None => {
+                        let answer = runner.run(false).map_err(|e| Failure {
+                            kind: e.kind,
+                            message: e.message,
+                        })?;
+                        let props = answer.properties.clone();
+                        creds = Credentials::gcloud(
+                            runner,
+                            Some(answer),
+                            &fingerprint,
+                            fallback.gcloud.account.clone(),
+                        );
+                        if let Some(cache) = &cache {
+                            creds = creds.with_cache(cache.clone());
+                        }
+                        Some(props)
+                    }
+                };
+                if let Some(props) = answer_props {
+                    fallback.prefer_gcloud_answer(&props);
+                    gcloud_props = props;
+                }
+                creds
+            }
+            Chosen::File(path, how) => {
+                let library = Library::from_file(&path, &how).map_err(auth_failure)?;
+                Credentials::library(library, None)
+            }
+            Chosen::Metadata(host) => Credentials::library(Library::metadata(&host), None),
+        };
+
         let target =
             config::resolve(&self.target, env, &fallback).map_err(|e| usage(e.to_string()))?;
         let client = match (&self.client_cert, &self.client_key) {
@@ -160,36 +303,46 @@ impl Options {
                 })
             })
             .transpose()?;
-        let tls = dial::tls_config_with_client(self.ca_file.as_deref(), client)
-            .map_err(|e| usage(format!("{e:#}")))?;
-        let proxy = Proxy::select(self.proxy.as_deref(), env, endpoint.host()).map_err(usage)?;
+        let gcloud_ca = gcloud_props
+            .custom_ca_certs_file
+            .as_ref()
+            .map(PathBuf::from);
+        let ca_files: Vec<&Path> = self
+            .ca_file
+            .as_deref()
+            .into_iter()
+            .chain(gcloud_ca.as_deref())
+            .collect();
+        let tls =
+            dial::tls_config_with_client(&ca_files, client).map_err(|e| usage(format!("{e:#}")))?;
+        let gcloud_proxy = gcloud_props.proxy_url().map_err(usage)?;
+        let proxy = Proxy::select_with_gcloud(
+            self.proxy.as_deref(),
+            gcloud_proxy.as_deref(),
+            env,
+            endpoint.host(),
+        )
+        .map_err(usage)?;
+        // Token traffic follows the same choice; NO_PROXY (which names relay hosts) is left
+        // to the HTTP client, per token host.
+        let token_proxy =
+            Proxy::select_with_gcloud(self.proxy.as_deref(), gcloud_proxy.as_deref(), env, "")
+                .map_err(usage)?;
         let endpoint = endpoint.with_proxy(proxy);
-        let token_file = self.access_token_file.or_else(|| {
-            env("CLOUDSDK_AUTH_ACCESS_TOKEN_FILE")
-                .filter(|s| !s.is_empty())
-                .map(PathBuf::from)
-        });
-        let credentials = match (token_file, self.credentials_file) {
-            (Some(_), Some(_)) => {
-                return Err(usage(
-                    "--access-token-file and --credentials-file are alternatives: give one"
-                        .to_owned(),
-                ));
+        let credentials = match credentials.take_library() {
+            Ok(library) => {
+                let url = env("IAP_SSH_TOKENINFO_URL")
+                    .filter(|u| !u.is_empty())
+                    .unwrap_or_else(|| adc::DEFAULT_TOKENINFO_URL.to_owned());
+                let info = TokenInfo::new(&url, token_proxy.as_ref(), tls.clone())
+                    .map_err(auth_failure)?;
+                let creds = Credentials::library(library, Some(info));
+                match &cache {
+                    Some(c) => creds.with_cache(c.clone()),
+                    None => creds,
+                }
             }
-            (Some(file), None) => Credentials::access_token_file(file),
-            (None, Some(key)) => Credentials::service_account(&key).map_err(|e| Failure {
-                kind: ExitKind::Authentication,
-                message: format!("{e:#}"),
-            })?,
-            (None, None) => {
-                let (fingerprint, email) =
-                    adc_fingerprint(adc_key.as_deref(), self.gcloud_config_dir.as_deref());
-                Credentials::application_default(&fingerprint, email)
-            }
-        };
-        let credentials = match self.token_cache_dir {
-            Some(dir) => credentials.with_cache(TokenCache::new(dir)),
-            None => credentials,
+            Err(creds) => creds,
         };
         Ok(TunnelConfig {
             dialer: Dialer {
@@ -207,48 +360,125 @@ impl Options {
                 ..tunnel::ResumeSettings::default()
             },
             request_reason,
+            token_proxy,
         })
     }
-}
 
-/// What tells one Application Default Credentials setup from another, for the token cache:
-/// the contents of the files gcp_auth would read (`GOOGLE_APPLICATION_CREDENTIALS`, gcloud's
-/// ADC file) and of the active gcloud configuration (its account). Also the identity, when a
-/// key file names it.
-fn adc_fingerprint(
-    adc_key: Option<&std::path::Path>,
-    gcloud_dir: Option<&std::path::Path>,
-) -> (Vec<u8>, Option<String>) {
-    let mut material = Vec::new();
-    let mut email = None;
-    let mut add = |label: &str, path: &std::path::Path| {
-        material.extend_from_slice(label.as_bytes());
-        material.extend_from_slice(path.as_os_str().as_encoded_bytes());
-        if let Ok(text) = std::fs::read_to_string(path) {
-            let hash = ring::digest::digest(&ring::digest::SHA256, text.as_bytes());
-            material.extend_from_slice(hash.as_ref());
-            if email.is_none() {
-                email = KeyFileInfo::parse(&text).and_then(|k| k.client_email);
+    /// Picks the credential source (see [`into_config`](Self::into_config) for the order).
+    fn choose(
+        &self,
+        wanted: &Wanted,
+        gcloud: &GcloudProperties,
+        env: &dyn Fn(&str) -> Option<String>,
+        adc_env: Option<PathBuf>,
+    ) -> Result<Chosen, Failure> {
+        if let Some(file) = &self.access_token_file {
+            return Ok(Chosen::TokenFile(
+                file.clone(),
+                "--access-token-file".into(),
+            ));
+        }
+        let env_token_file = env("CLOUDSDK_AUTH_ACCESS_TOKEN_FILE").filter(|s| !s.is_empty());
+        let mut looked_at = Vec::new();
+        match wanted {
+            Wanted::File(path, how) => return Ok(Chosen::File(path.clone(), (*how).to_owned())),
+            Wanted::Gcloud => {
+                return match &self.gcloud_program {
+                    Some(p) => Ok(Chosen::Gcloud(p.clone())),
+                    None => Err(auth_failure(
+                        "--credentials gcloud: gcloud is not on PATH: install the Google Cloud SDK, or choose another source".to_owned(),
+                    )),
+                };
+            }
+            Wanted::Adc => {}
+            Wanted::Auto => {
+                if let Some(file) = env_token_file {
+                    return Ok(Chosen::TokenFile(
+                        file.into(),
+                        "CLOUDSDK_AUTH_ACCESS_TOKEN_FILE".into(),
+                    ));
+                }
+                if let Some(file) = &gcloud.access_token_file {
+                    return Ok(Chosen::TokenFile(
+                        file.into(),
+                        "gcloud property auth/access_token_file".into(),
+                    ));
+                }
+                let account = env("CLOUDSDK_CORE_ACCOUNT")
+                    .filter(|a| !a.is_empty())
+                    .or(gcloud.account.clone());
+                match (&self.gcloud_program, account) {
+                    (Some(program), Some(account)) => {
+                        tracing::info!(account = %account, "credentials: using the gcloud account");
+                        return Ok(Chosen::Gcloud(program.clone()));
+                    }
+                    (Some(_), None) => {
+                        looked_at.push("the gcloud account (none is active)".to_owned());
+                    }
+                    (None, _) => looked_at.push("gcloud (not on PATH)".to_owned()),
+                }
             }
         }
-        material.push(0);
-    };
-    if let Some(key) = adc_key {
-        add("gac", key);
+        if let Some(path) = adc_env {
+            return Ok(Chosen::File(path, "GOOGLE_APPLICATION_CREDENTIALS".into()));
+        }
+        looked_at.push("GOOGLE_APPLICATION_CREDENTIALS".to_owned());
+        let candidates = [
+            self.gcloud_config_dir
+                .as_ref()
+                .map(|d| d.join("application_default_credentials.json")),
+            self.home_adc_file.clone(),
+        ];
+        for path in candidates.into_iter().flatten() {
+            tracing::info!(file = %path.display(), "credentials: looking for an ADC file");
+            if path.exists() {
+                return Ok(Chosen::File(path, "gcloud's ADC file".into()));
+            }
+            let shown = path.display().to_string();
+            if !looked_at.contains(&shown) {
+                looked_at.push(shown);
+            }
+        }
+        if let Some(host) = env("GCE_METADATA_HOST").filter(|h| !h.is_empty()) {
+            return Ok(Chosen::Metadata(host));
+        }
+        if self.on_gce {
+            return Ok(Chosen::Metadata("metadata.google.internal".into()));
+        }
+        looked_at.push("the metadata server (not a GCE VM, no GCE_METADATA_HOST)".to_owned());
+        Err(auth_failure(format!(
+            "no Google credentials found (looked at: {}): run `gcloud auth login` or `gcloud auth application-default login`, set GOOGLE_APPLICATION_CREDENTIALS, or pass --credentials FILE or --access-token-file",
+            looked_at.join(", ")
+        )))
     }
-    if let Some(dir) = gcloud_dir {
-        add("adc", &dir.join("application_default_credentials.json"));
-        let name = std::fs::read_to_string(dir.join("active_config")).unwrap_or_default();
-        let name = match name.trim() {
-            "" => "default",
-            n => n,
-        };
-        add(
-            "cfg",
-            &dir.join("configurations").join(format!("config_{name}")),
-        );
+
+    /// What tells one gcloud setup from another: its folder, the active configuration's
+    /// name and text, and every `CLOUDSDK_*` variable. A `gcloud config set` or a switch of
+    /// account or configuration thus misses the cache and asks gcloud again.
+    fn gcloud_fingerprint(&self, env: &dyn Fn(&str) -> Option<String>) -> Vec<u8> {
+        let mut material = Vec::new();
+        if let Some(dir) = &self.gcloud_config_dir {
+            material.extend_from_slice(dir.as_os_str().as_encoded_bytes());
+            material.push(0);
+            let name = env("CLOUDSDK_ACTIVE_CONFIG_NAME")
+                .filter(|n| !n.trim().is_empty())
+                .or_else(|| std::fs::read_to_string(dir.join("active_config")).ok())
+                .map(|n| n.trim().to_owned())
+                .filter(|n| !n.is_empty())
+                .unwrap_or_else(|| "default".to_owned());
+            material.extend_from_slice(name.as_bytes());
+            material.push(0);
+            let config = dir.join("configurations").join(format!("config_{name}"));
+            if let Ok(text) = std::fs::read(config) {
+                material.extend_from_slice(&text);
+            }
+            material.push(0);
+        }
+        for (k, v) in &self.cloudsdk_env {
+            material.extend_from_slice(format!("{k}={v}\0").as_bytes());
+        }
+        material
     }
-    (material, email)
 }
 
 #[cfg(test)]

@@ -21,6 +21,8 @@ pub struct Proxy {
     port: u16,
     /// `Basic …` credentials from the URL's user and password.
     authorization: Option<String>,
+    /// The user and password themselves, for token clients and gcloud.
+    credentials: Option<(String, String)>,
 }
 
 impl fmt::Debug for Proxy {
@@ -87,18 +89,21 @@ impl Proxy {
                 .filter(|p| *p != 0)
                 .ok_or_else(|| format!("proxy port {p:?} is not a number from 1 to 65535"))?,
         };
-        let authorization = userinfo.map(|u| {
+        let credentials = userinfo.map(|u| {
             let (user, pass) = u.split_once(':').unwrap_or((u, ""));
-            let plain = format!("{}:{}", percent_decode(user), percent_decode(pass));
+            (percent_decode(user), percent_decode(pass))
+        });
+        let authorization = credentials.as_ref().map(|(user, pass)| {
             format!(
                 "Basic {}",
-                base64::engine::general_purpose::STANDARD.encode(plain)
+                base64::engine::general_purpose::STANDARD.encode(format!("{user}:{pass}"))
             )
         });
         Ok(Proxy {
             host: host.to_owned(),
             port,
             authorization,
+            credentials,
         })
     }
 
@@ -113,6 +118,20 @@ impl Proxy {
         env: &dyn Fn(&str) -> Option<String>,
         relay_host: &str,
     ) -> Result<Option<Proxy>, String> {
+        Proxy::select_with_gcloud(flag, None, env, relay_host)
+    }
+
+    /// [`select`](Self::select) with gcloud's `proxy/*` properties (as a URL) between the flag
+    /// and the environment, as gcloud ranks them.
+    ///
+    /// # Errors
+    /// When the chosen URL does not parse; the message names where it came from.
+    pub fn select_with_gcloud(
+        flag: Option<&str>,
+        gcloud: Option<&str>,
+        env: &dyn Fn(&str) -> Option<String>,
+        relay_host: &str,
+    ) -> Result<Option<Proxy>, String> {
         if let Some(url) = flag {
             return match url.trim() {
                 "" | "none" => Ok(None),
@@ -120,6 +139,11 @@ impl Proxy {
                     .map(Some)
                     .map_err(|e| format!("--proxy: {e}")),
             };
+        }
+        if let Some(url) = gcloud {
+            return Proxy::parse(url)
+                .map(Some)
+                .map_err(|e| format!("gcloud property proxy/address: {e}"));
         }
         let Some((name, url)) = ["https_proxy", "HTTPS_PROXY"]
             .into_iter()
@@ -136,6 +160,29 @@ impl Proxy {
         Proxy::parse(&url)
             .map(Some)
             .map_err(|e| format!("{name}: {e}"))
+    }
+
+    /// The proxy's host and port.
+    pub fn host_port(&self) -> (&str, u16) {
+        (&self.host, self.port)
+    }
+
+    /// The user and password from the proxy URL, if any.
+    pub fn credentials(&self) -> Option<(&str, &str)> {
+        self.credentials
+            .as_ref()
+            .map(|(u, p)| (u.as_str(), p.as_str()))
+    }
+
+    /// The proxy as a URL, `http://[USER:PASSWORD@]HOST:PORT`, for HTTP clients that take one.
+    /// It holds the password: never show it.
+    pub fn url(&self) -> String {
+        let enc = |s: &str| form_urlencoded::byte_serialize(s.as_bytes()).collect::<String>();
+        let auth = self
+            .credentials
+            .as_ref()
+            .map_or_else(String::new, |(u, p)| format!("{}:{}@", enc(u), enc(p)));
+        format!("http://{auth}{}", self.authority())
     }
 
     /// `host:port` of the proxy, for messages.

@@ -92,6 +92,9 @@ pub struct TunnelConfig {
     pub resume: ResumeSettings,
     /// `X-Goog-Request-Reason` for every handshake (gcloud's `--request-reason`).
     pub request_reason: Option<HeaderValue>,
+    /// The proxy token traffic goes through (the tunnel's choice among `--proxy`, gcloud's
+    /// `proxy/*` and `HTTPS_PROXY`), if any.
+    pub token_proxy: Option<super::proxy::Proxy>,
 }
 
 /// The relay's first message on a new WebSocket.
@@ -108,11 +111,38 @@ impl TunnelConfig {
         }
     }
 
-    /// Opens `/v4/<path>` with a fresh token and reads the relay's first message.
+    /// Opens `/v4/<path>` with a token and reads the relay's first message. A token the
+    /// relay refuses (HTTP 401 or close 4004) is dropped from the cache and replaced by a
+    /// fresh one from the source, once.
     async fn open(&self, path: &str, query: &str) -> Result<(RelaySocket, Opened), Failure> {
-        self.try_open(path, query, FIRST_FRAME_TIMEOUT)
-            .await
-            .map_err(|(failure, _)| failure)
+        match self.try_open(path, query, FIRST_FRAME_TIMEOUT).await {
+            Err((_, Retry::FreshToken)) if self.credentials.can_refresh() => {
+                tracing::info!(
+                    source = %self.credentials.describe(),
+                    "the relay refused the token; fetching a fresh one"
+                );
+                self.credentials.forget_cached();
+                self.try_open(path, query, FIRST_FRAME_TIMEOUT)
+                    .await
+                    .map_err(|(f, _)| self.refused(f))
+            }
+            other => other.map_err(|(f, _)| self.refused(f)),
+        }
+    }
+
+    /// A refusal of the token names the source and principal it came from.
+    fn refused(&self, failure: Failure) -> Failure {
+        if failure.kind != ExitKind::Authentication || !failure.message.contains("HTTP 401") {
+            return failure;
+        }
+        Failure {
+            kind: ExitKind::Authentication,
+            message: format!(
+                "the relay at {} refused the token from {} (HTTP 401): check that this identity may use the relay, or choose another source with --credentials or --access-token-file",
+                self.dialer.endpoint.authority(),
+                self.credentials.describe_with_identity()
+            ),
+        }
     }
 
     /// Like [`open`](Self::open), also telling whether a failure is worth retrying during a
@@ -124,11 +154,17 @@ impl TunnelConfig {
         first_frame_wait: Duration,
     ) -> Result<(RelaySocket, Opened), (Failure, Retry)> {
         let token = self.credentials.token().await.map_err(|e| {
-            let failure = Failure {
-                kind: ExitKind::Authentication,
-                message: format!("{e:#}"),
+            // A network failure while fetching a token is worth retrying during a resume.
+            let retry = if e.kind == ExitKind::Other {
+                Retry::Yes
+            } else {
+                Retry::No
             };
-            (failure, Retry::No)
+            let failure = Failure {
+                kind: e.kind,
+                message: e.message,
+            };
+            (failure, retry)
         })?;
         let mut ws = self
             .dialer
@@ -136,6 +172,8 @@ impl TunnelConfig {
             .await
             .map_err(|e| {
                 let retry = match (e.kind, e.http_status) {
+                    // The token was refused: a fresh one may do.
+                    (ExitKind::Authentication, Some(401)) => Retry::FreshToken,
                     // A relay or load balancer refusing the upgrade (e.g. 503: the node holding
                     // the session is gone) is retried briefly, not for the whole budget.
                     (ExitKind::Other, Some(_)) => Retry::Refused,
@@ -340,9 +378,18 @@ impl TunnelConfig {
                             .to_owned(),
                     ));
                 }
-                Err((failure, Retry::No)) => return Err(failure),
+                Err((failure, Retry::No)) => return Err(self.refused(failure)),
                 // A relay that keeps asking for a fresh token is not going to take ours.
-                Err((failure, Retry::FreshToken)) if attempts > 3 => return Err(failure),
+                Err((failure, Retry::FreshToken))
+                    if attempts > 3 || !self.credentials.can_refresh() =>
+                {
+                    return Err(self.refused(failure));
+                }
+                Err((_, Retry::FreshToken)) => {
+                    // Refused (401 or 4004): the next attempt needs a new token, not the
+                    // cached copy of this one.
+                    self.credentials.forget_cached();
+                }
                 Err((failure, Retry::Refused))
                     if started.elapsed() + pause >= REFUSED_RETRY_BUDGET =>
                 {
@@ -393,7 +440,7 @@ impl TunnelConfig {
                 &self.dialer.endpoint.authority(),
                 &target,
                 &self.credentials.describe(),
-                self.credentials.identity(),
+                self.credentials.identity().as_deref(),
                 &sid,
             )
         );

@@ -17,7 +17,7 @@ use std::process::{Child, Command, ExitStatus, Output, Stdio};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, mpsc};
 use std::thread;
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use tempfile::TempDir;
 
@@ -266,6 +266,9 @@ pub fn hermetic_env<'a>(cmd: &'a mut Command, state_dir: &Path) -> &'a mut Comma
     cmd.env("XDG_CACHE_HOME", cache)
         .env("CLOUDSDK_CONFIG", gcloud)
         .env("CLOUDSDK_CORE_DISABLE_PROMPTS", "1")
+        // Never Google's token-info endpoint from a test: a closed loopback port unless the
+        // test names a stand-in (then fresh tokens are cached with the stand-in's expiry).
+        .env("IAP_SSH_TOKENINFO_URL", "http://127.0.0.1:9/tokeninfo")
 }
 
 /// Quotes `s` for /bin/sh (single quotes; `'` becomes `'\''`).
@@ -1033,7 +1036,13 @@ pub struct TokenEndpoint {
 }
 
 impl TokenEndpoint {
-    /// How many POST requests it has answered.
+    /// Its token-info stand-in (`/tokeninfo`: a one-hour expiry for any token), for
+    /// `IAP_SSH_TOKENINFO_URL`. Token-info requests are not counted in [`requests`](Self::requests).
+    pub fn tokeninfo_url(&self) -> String {
+        format!("http://{}/tokeninfo", self.addr)
+    }
+
+    /// How many token POST requests it has answered.
     pub fn requests(&self) -> usize {
         self.requests.load(Ordering::SeqCst)
     }
@@ -1134,7 +1143,15 @@ fn serve_token_request(mut conn: TcpStream, body: &str, record: impl FnOnce(Stri
     }
     let req_body = String::from_utf8_lossy(&buf[header_end..header_end + len]).into_owned();
     let is_post = head.starts_with("POST ");
-    let (status, payload) = if is_post {
+    let info;
+    let (status, payload) = if head.starts_with("POST /tokeninfo") {
+        let exp = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs())
+            + 3600;
+        info = serde_json::json!({ "exp": exp.to_string(), "expires_in": "3600" }).to_string();
+        ("200 OK", info.as_str())
+    } else if is_post {
         record(req_body);
         ("200 OK", body)
     } else {
