@@ -16,9 +16,10 @@ _iap_ssh() {
     local file_opts="--ca-file --client-cert --client-key --access-token-file --credentials-file"
     # Options that take some other value.
     local value_opts="--project --zone --interface --region --network --dest-group
-        --host-suffix --listen --endpoint --proxy --resume-timeout"
+        --host-suffix --listen --endpoint --proxy --resume-timeout --credentials
+        --request-reason --universe-domain"
     local switches="--check --no-check --print-ssh-config --no-token-cache -v --verbose
-        --version --help"
+        --version -V --help -h"
 
     local opt
     for opt in $file_opts; do
@@ -33,6 +34,13 @@ _iap_ssh() {
             --listen) _iap_ssh_reply -W "127.0.0.1:0 [::1]:0" -- "$cur" ;;
             --interface) _iap_ssh_reply -W "nic0 nic1 nic2 nic3" -- "$cur" ;;
             --proxy) _iap_ssh_reply -W "none http://" -- "$cur" ;;
+            --credentials)
+                # A source name, or a credentials file.
+                _iap_ssh_reply -W "gcloud adc" -- "$cur"
+                local files
+                mapfile -t files < <(compgen -f -- "$cur")
+                COMPREPLY+=("${files[@]}")
+                ;;
             *) COMPREPLY=() ;;
             esac
             return 0
