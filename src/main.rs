@@ -14,7 +14,10 @@ use argh::FromArgs;
 use iap_ssh::client::config::TargetArgs;
 use iap_ssh::client::ssh_config::SshConfigBlock;
 use iap_ssh::client::tunnel::TunnelConfig;
-use iap_ssh::client::{Options, check, listen, stdio};
+use iap_ssh::client::{Options, check, listen, stdio, user_config};
+
+/// The suffix stripped from HOST when neither `--host-suffix` nor the configuration file says.
+const DEFAULT_HOST_SUFFIX: &str = ".iap";
 use iap_ssh::close::ExitKind;
 use tokio_util::sync::CancellationToken;
 
@@ -52,8 +55,8 @@ struct Args {
     #[argh(option)]
     dest_group: Option<String>,
     /// suffix stripped from HOST (default: .iap; empty for none)
-    #[argh(option, default = "String::from(\".iap\")")]
-    host_suffix: String,
+    #[argh(option)]
+    host_suffix: Option<String>,
     /// listen on ADDR (e.g. 127.0.0.1:0 or [::1]:0) and open one tunnel per connection
     #[argh(option)]
     listen: Option<String>,
@@ -195,10 +198,43 @@ fn build_config(args: &Args) -> Result<TunnelConfig, (ExitKind, String)> {
         .filter(|d| !d.is_empty())
         .map(PathBuf::from)
         .or_else(|| home_dir(".config/gcloud"));
+    // The user's configuration file: each flag given wins over it.
+    let file = match user_config::location(&env) {
+        Some((path, named)) => user_config::load(&path, named).map_err(|m| usage(&m))?,
+        None => None,
+    };
+    let file_values = file.as_ref().map(|f| f.values.clone()).unwrap_or_default();
+    let mut origins = Vec::new();
+    let mut pick = |name: &str, flag: Option<String>, from_file: Option<String>| {
+        let chosen = match (flag, from_file) {
+            (Some(v), _) => Some((v, format!("--{name}"))),
+            (None, Some(v)) => file.as_ref().map(|f| (v, f.label())),
+            (None, None) => None,
+        };
+        chosen.map(|(value, from)| {
+            origins.push((name.to_owned(), format!("{value} ({from})")));
+            value
+        })
+    };
+    let shown = |p: &Option<PathBuf>| p.as_ref().map(|p| p.display().to_string());
+    let endpoint = pick("endpoint", args.endpoint.clone(), file_values.endpoint);
+    let ca_file = pick("ca-file", shown(&args.ca_file), shown(&file_values.ca_file));
+    let suffix = pick(
+        "host-suffix",
+        args.host_suffix.clone(),
+        file_values.host_suffix,
+    );
+    let proxy = pick("proxy", args.proxy.clone(), file_values.proxy);
+    let resume_timeout = pick(
+        "resume-timeout",
+        args.resume_timeout.map(|s| s.to_string()),
+        file_values.resume_timeout_secs.map(|s| s.to_string()),
+    )
+    .and_then(|s| s.parse::<u64>().ok());
     let options = Options {
         target: TargetArgs {
             host,
-            suffix: args.host_suffix.clone(),
+            suffix: suffix.unwrap_or_else(|| DEFAULT_HOST_SUFFIX.to_owned()),
             project: args.project.clone(),
             zone: args.zone.clone(),
             interface: args.interface.clone(),
@@ -207,14 +243,14 @@ fn build_config(args: &Args) -> Result<TunnelConfig, (ExitKind, String)> {
             dest_group: args.dest_group.clone(),
         },
         port,
-        endpoint: args.endpoint.clone(),
-        ca_file: args.ca_file.clone(),
+        endpoint,
+        ca_file: ca_file.map(PathBuf::from),
         access_token_file: args.access_token_file.clone(),
         credentials: args.credentials.clone(),
         credentials_file: args.credentials_file.clone(),
         client_cert: args.client_cert.clone(),
         client_key: args.client_key.clone(),
-        proxy: args.proxy.clone(),
+        proxy,
         token_cache_dir,
         gcloud_config_dir,
         home_adc_file: home_dir(".config/gcloud/application_default_credentials.json"),
@@ -227,9 +263,11 @@ fn build_config(args: &Args) -> Result<TunnelConfig, (ExitKind, String)> {
             vars
         },
         on_gce: on_gce(),
-        resume_timeout: args.resume_timeout.map(std::time::Duration::from_secs),
+        resume_timeout: resume_timeout.map(std::time::Duration::from_secs),
         request_reason: args.request_reason.clone(),
         universe_domain: args.universe_domain.clone(),
+        user_config: file,
+        origins,
     };
     options.into_config(&env).map_err(|e| (e.kind, e.message))
 }
@@ -475,9 +513,7 @@ fn print_ssh_config(args: &Args) -> ExitCode {
     add("--region", args.region.clone());
     add("--network", args.network.clone());
     add("--dest-group", args.dest_group.clone());
-    if args.host_suffix != ".iap" {
-        add("--host-suffix", Some(args.host_suffix.clone()));
-    }
+    add("--host-suffix", args.host_suffix.clone());
     add("--endpoint", args.endpoint.clone());
     add("--ca-file", path(&args.ca_file));
     add("--client-cert", path(&args.client_cert));
@@ -505,7 +541,19 @@ fn print_ssh_config(args: &Args) -> ExitCode {
     }
     let block = SshConfigBlock {
         program: program_for_ssh_config(),
-        suffix: args.host_suffix.clone(),
+        // The Host pattern follows the suffix iap-ssh will strip: the flag's, else the
+        // configuration file's (read at run time, so not copied into the block).
+        suffix: match &args.host_suffix {
+            Some(s) => s.clone(),
+            None => match user_config::location(&env) {
+                Some((path, named)) => match user_config::load(&path, named) {
+                    Ok(file) => file.and_then(|f| f.values.host_suffix),
+                    Err(message) => return fail(ExitKind::Usage, &message),
+                },
+                None => None,
+            }
+            .unwrap_or_else(|| DEFAULT_HOST_SUFFIX.to_owned()),
+        },
         options,
     };
     let mut out = std::io::stdout().lock();

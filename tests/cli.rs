@@ -181,3 +181,115 @@ fn conflicting_modes_are_refused() {
         assert!(stderr(&out).contains(word), "{args:?}: {}", stderr(&out));
     }
 }
+
+/// A backend that accepts and holds connections (enough for `--check`).
+fn backend() -> u16 {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    std::thread::spawn(move || {
+        let mut held = Vec::new();
+        for s in listener.incoming().flatten() {
+            held.push(s);
+        }
+    });
+    port
+}
+
+/// The configuration file: its settings apply below flags and the environment and above
+/// gcloud's configuration, and `--check` says where each came from.
+#[test]
+fn the_configuration_file_fills_in_what_flags_and_environment_do_not() {
+    let relay = spawn_relay(&RelaySpec::standard(
+        "user:alice@example.com",
+        "config-file-token",
+    ));
+    let port = backend().to_string();
+    let dir = tempfile::tempdir().unwrap();
+    let token = write_token_file(dir.path(), "config-file-token");
+    let conf_dir = dir.path().join("conf");
+    std::fs::create_dir_all(&conf_dir).unwrap();
+    std::fs::copy(relay.ca_pem(), conf_dir.join("relay-ca.pem")).unwrap();
+    let config = conf_dir.join("config.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "endpoint = \"{}\"\nca_file = \"relay-ca.pem\"\nhost_suffix = \".corp\"\nproject = \"{PROJECT}\"\nzone = \"{ZONE}\"\nresume_timeout_secs = 30\n",
+            relay.url
+        ),
+    )
+    .unwrap();
+    let run = |extra_env: &[(&str, &str)], args: &[&str]| {
+        let mut cmd = Command::new(iap_ssh_bin());
+        hermetic_env(&mut cmd, dir.path());
+        cmd.env("IAP_SSH_CONFIG", &config);
+        for (k, v) in extra_env {
+            cmd.env(k, v);
+        }
+        cmd.args(["--check", "--no-token-cache", "--access-token-file"])
+            .arg(&token)
+            .args(args);
+        run_with_timeout(&mut cmd, Duration::from_secs(60))
+    };
+    let host = format!("{INSTANCE}.corp");
+    let out = run(&[], &[&host, &port]);
+    assert!(out.status.success(), "{}", describe(&out));
+    let report = String::from_utf8_lossy(&out.stdout);
+    let from_file = format!("(config file {})", config.display());
+    for name in [
+        "endpoint",
+        "ca-file",
+        "host-suffix",
+        "resume-timeout",
+        "project",
+        "zone",
+    ] {
+        let line = report
+            .lines()
+            .find(|l| {
+                l.trim_start_matches("settings:")
+                    .trim_start()
+                    .starts_with(&format!("{name} "))
+            })
+            .unwrap_or_else(|| panic!("no {name} setting in:\n{report}"));
+        assert!(line.ends_with(&from_file), "{line}");
+    }
+    assert!(
+        report.contains(&format!(" project {PROJECT} (config file")),
+        "{report}"
+    );
+
+    // The environment wins over the file, and a flag over both.
+    let out = run(&[("CLOUDSDK_CORE_PROJECT", "other-proj")], &[&host, &port]);
+    let report = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        report.contains(" project other-proj (CLOUDSDK_CORE_PROJECT)"),
+        "{report}"
+    );
+    // No binding covers that project: the relay says not authorized.
+    assert_eq!(out.status.code(), Some(4), "{}", describe(&out));
+    let out = run(
+        &[("CLOUDSDK_CORE_PROJECT", "other-proj")],
+        &["--project", PROJECT, "--host-suffix", ".corp", &host, &port],
+    );
+    assert!(out.status.success(), "{}", describe(&out));
+    let report = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        report.contains(&format!(" project {PROJECT} (--project)")),
+        "{report}"
+    );
+    assert!(
+        report.contains(" host-suffix .corp (--host-suffix)"),
+        "{report}"
+    );
+
+    // A mistyped key is a one-line error that names the file.
+    std::fs::write(&config, "endpont = \"wss://x\"\n").unwrap();
+    let out = run(&[], &[&host, &port]);
+    assert_eq!(out.status.code(), Some(2), "{}", describe(&out));
+    let err = stderr(&out);
+    assert!(
+        err.contains("unknown field `endpont`") && err.contains(&config.display().to_string()),
+        "{err}"
+    );
+    assert_eq!(err.lines().count(), 1, "{err}");
+}

@@ -24,6 +24,8 @@ pub struct Report {
     pub target: String,
     /// The session id and time to it, or the failure.
     pub result: Result<(String, Duration), Failure>,
+    /// Where settings came from: `(name, "value (source)")`.
+    pub origins: Vec<(String, String)>,
 }
 
 impl Report {
@@ -33,12 +35,17 @@ impl Report {
             Ok((_, took)) => format!("ok, tunnel opened in {} ms", took.as_millis()),
             Err(e) => format!("failed: {e}"),
         };
-        vec![
+        let mut lines = vec![
             format!("endpoint:    {}", self.endpoint),
             format!("credentials: {}", self.credentials),
             format!("target:      {}", self.target),
-            format!("result:      {result}"),
-        ]
+        ];
+        for (i, (name, value)) in self.origins.iter().enumerate() {
+            let head = if i == 0 { "settings:" } else { "" };
+            lines.push(format!("{head:<13}{name} {value}"));
+        }
+        lines.push(format!("result:      {result}"));
+        lines
     }
 }
 
@@ -80,5 +87,6 @@ pub async fn run(config: &TunnelConfig) -> Report {
         credentials,
         target: config.target.describe(config.port),
         result,
+        origins: config.origins.clone(),
     }
 }

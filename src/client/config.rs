@@ -279,6 +279,48 @@ pub fn resolve(
     env: &dyn Fn(&str) -> Option<String>,
     fallback: &Fallback,
 ) -> Result<Target, ResolveError> {
+    resolve_with_origins(args, env, fallback).map(|(target, _)| target)
+}
+
+/// Checks HOST and the target flags for mistakes that need no lookup (a malformed HOST, a
+/// suffix that does not match, flags that do not go together), so that they are reported
+/// before credentials are looked for. Project and zone are stood in for: whether they can be
+/// found is for [`resolve`] to say.
+///
+/// # Errors
+///
+/// As [`resolve`], except "no project" and "no zone".
+pub fn check_syntax(args: &TargetArgs) -> Result<(), ResolveError> {
+    let stand_in = |what: &str| Some((format!("stand-in-{what}"), String::new()));
+    let fallback = Fallback {
+        project: stand_in("project"),
+        zone: stand_in("zone"),
+        ..Fallback::default()
+    };
+    resolve(args, &|_| None, &fallback).map(|_| ())
+}
+
+/// [`resolve`], also saying where the project and the zone came from, as
+/// `(name, "value (from)")` pairs (for `--check`).
+///
+/// # Errors
+///
+/// As [`resolve`].
+pub fn resolve_with_origins(
+    args: &TargetArgs,
+    env: &dyn Fn(&str) -> Option<String>,
+    fallback: &Fallback,
+) -> Result<(Target, Vec<(String, String)>), ResolveError> {
+    let sources = Sources {
+        env,
+        fallback,
+        origins: std::cell::RefCell::new(Vec::new()),
+    };
+    let target = resolve_from(args, &sources)?;
+    Ok((target, sources.origins.into_inner()))
+}
+
+fn resolve_from(args: &TargetArgs, sources: &Sources) -> Result<Target, ResolveError> {
     let host = strip_suffix(&args.host, &args.suffix);
     if host.is_empty() {
         let host = args.host.escape_debug();
@@ -286,10 +328,9 @@ pub fn resolve(
             "HOST \"{host}\" is empty: use INSTANCE[.ZONE[.PROJECT]]"
         ));
     }
-    let sources = Sources { env, fallback };
     let (region, network) = match (&args.region, &args.network, &args.dest_group) {
         (Some(region), Some(network), _) => (region, network),
-        (None, None, None) => return resolve_instance(args, host, &sources),
+        (None, None, None) => return resolve_instance(args, host, sources),
         (None, None, Some(_)) => return fail("--dest-group needs --region and --network".into()),
         _ => return fail("--region and --network go together: give both or neither".into()),
     };
@@ -395,6 +436,8 @@ fn strip_suffix<'a>(host: &'a str, suffix: &str) -> &'a str {
 struct Sources<'a> {
     env: &'a dyn Fn(&str) -> Option<String>,
     fallback: &'a Fallback,
+    /// Where each value found came from, in the order found.
+    origins: std::cell::RefCell<Vec<(String, String)>>,
 }
 
 impl Sources<'_> {
@@ -429,7 +472,11 @@ impl Sources<'_> {
                 .or_else(|| fallback.clone().filter(|(v, _)| !v.is_empty())),
         };
         if let Some((value, from)) = found {
-            return rule.check(what, &value, &from).map(|()| value);
+            rule.check(what, &value, &from)?;
+            self.origins
+                .borrow_mut()
+                .push((what.to_owned(), format!("{value} ({from})")));
+            return Ok(value);
         }
         let (ways, mut places) = match in_host {
             Some((_, form)) => (

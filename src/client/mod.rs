@@ -13,6 +13,7 @@ pub mod report;
 pub mod ssh_config;
 pub mod stdio;
 pub mod tunnel;
+pub mod user_config;
 
 use std::path::{Path, PathBuf};
 
@@ -74,6 +75,12 @@ pub struct Options {
     /// `--universe-domain`: the Google Cloud universe (else `CLOUDSDK_CORE_UNIVERSE_DOMAIN`;
     /// default `googleapis.com`). Another universe's relay is `tunnel-cloudproxy.<domain>`.
     pub universe_domain: Option<String>,
+    /// The user's configuration file, when one was found. `main` has already let flags win
+    /// over it for the plain settings; its project and zone go here, between the
+    /// environment and gcloud's configuration.
+    pub user_config: Option<user_config::Loaded>,
+    /// Where the plain settings came from (`--flag` or the file), for `--check`.
+    pub origins: Vec<(String, String)>,
 }
 
 /// The universe domain of Google's public cloud.
@@ -163,6 +170,8 @@ impl Options {
         if self.port == 0 {
             return Err(usage("PORT must be between 1 and 65535".to_owned()));
         }
+        // A mistyped HOST is reported as such, not hidden behind a credentials problem.
+        config::check_syntax(&self.target).map_err(|e| usage(e.to_string()))?;
         let env_path = |name: &str| env(name).filter(|s| !s.is_empty()).map(PathBuf::from);
         let adc_env = env_path("GOOGLE_APPLICATION_CREDENTIALS");
         let wanted = match (&self.credentials, &self.credentials_file) {
@@ -264,8 +273,22 @@ impl Options {
             Chosen::Metadata(host) => Credentials::library(Library::metadata(&host), None),
         };
 
-        let target =
-            config::resolve(&self.target, env, &fallback).map_err(|e| usage(e.to_string()))?;
+        // The user's configuration file ranks below the environment (checked first by the
+        // resolver) and above gcloud's configuration and the key file.
+        if let Some(file) = &self.user_config {
+            let label = file.label();
+            if let Some(project) = &file.values.project {
+                fallback.project = Some((project.clone(), label.clone()));
+            }
+            if let Some(zone) = &file.values.zone {
+                fallback.zone = Some((zone.clone(), label.clone()));
+            }
+            fallback.looked_at.insert(0, label);
+        }
+        let (target, resolved_from) = config::resolve_with_origins(&self.target, env, &fallback)
+            .map_err(|e| usage(e.to_string()))?;
+        let mut origins = self.origins.clone();
+        origins.extend(resolved_from);
         let client = match (&self.client_cert, &self.client_key) {
             (Some(cert), Some(key)) => Some(ClientIdentity { cert, key }),
             (None, None) => None,
@@ -361,6 +384,7 @@ impl Options {
             },
             request_reason,
             token_proxy,
+            origins,
         })
     }
 

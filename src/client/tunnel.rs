@@ -95,6 +95,8 @@ pub struct TunnelConfig {
     /// The proxy token traffic goes through (the tunnel's choice among `--proxy`, gcloud's
     /// `proxy/*` and `HTTPS_PROXY`), if any.
     pub token_proxy: Option<super::proxy::Proxy>,
+    /// Where settings came from, as `(name, "value (source)")`, for `--check`.
+    pub origins: Vec<(String, String)>,
 }
 
 /// The relay's first message on a new WebSocket.

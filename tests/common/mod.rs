@@ -255,10 +255,15 @@ pub fn hermetic_env<'a>(cmd: &'a mut Command, state_dir: &Path) -> &'a mut Comma
             || upper.starts_with("SSL_CERT_")
             || upper == "RUST_LOG"
             || upper == "SSH_AUTH_SOCK"
+            || upper == "IAP_SSH_CONFIG"
         {
             cmd.env_remove(key);
         }
     }
+    // No configuration file of the person running the tests: a test that wants one writes it
+    // here, or names it with IAP_SSH_CONFIG.
+    let _ = fs::create_dir_all(state_dir.join("xdg-config"));
+    cmd.env("XDG_CONFIG_HOME", state_dir.join("xdg-config"));
     let cache = state_dir.join("xdg-cache");
     let gcloud = state_dir.join("gcloud-config");
     let _ = fs::create_dir_all(&cache);
