@@ -212,7 +212,8 @@ fn build_config(args: &Args) -> Result<TunnelConfig, (ExitKind, String)> {
             (None, None) => None,
         };
         chosen.map(|(value, from)| {
-            origins.push((name.to_owned(), format!("{value} ({from})")));
+            let shown = without_password(&value);
+            origins.push((name.to_owned(), format!("{shown} ({from})")));
             value
         })
     };
@@ -270,6 +271,23 @@ fn build_config(args: &Args) -> Result<TunnelConfig, (ExitKind, String)> {
         origins,
     };
     options.into_config(&env).map_err(|e| (e.kind, e.message))
+}
+
+/// `value` for display: a URL's password (a proxy's `http://user:password@host`) replaced
+/// by `***`; anything else as is.
+fn without_password(value: &str) -> String {
+    let Some((scheme, rest)) = value.split_once("://") else {
+        return value.to_owned();
+    };
+    let authority_end = rest.find('/').unwrap_or(rest.len());
+    let (authority, path) = rest.split_at(authority_end);
+    match authority.rsplit_once('@') {
+        Some((userinfo, host)) => {
+            let user = userinfo.split(':').next().unwrap_or_default();
+            format!("{scheme}://{user}:***@{host}{path}")
+        }
+        None => value.to_owned(),
+    }
 }
 
 /// Whether the machine says it is a Compute Engine VM, as Google's libraries check before
@@ -658,5 +676,23 @@ mod tests {
             let argv = input.split(' ').map(str::to_owned).collect();
             assert_eq!(short_forms(argv).join(" "), want, "{input}");
         }
+    }
+}
+
+#[cfg(test)]
+mod display_tests {
+    use super::without_password;
+
+    #[test]
+    fn passwords_in_urls_are_not_shown() {
+        assert_eq!(
+            without_password("http://me:s3cret@proxy:3128"),
+            "http://me:***@proxy:3128"
+        );
+        assert_eq!(
+            without_password("http://proxy:3128/x"),
+            "http://proxy:3128/x"
+        );
+        assert_eq!(without_password("none"), "none");
     }
 }
