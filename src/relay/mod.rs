@@ -16,3 +16,4 @@ pub mod sessions;
 pub mod tls;
 pub mod tokeninfo;
 pub mod upgrade;
+pub mod watch;
