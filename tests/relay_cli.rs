@@ -24,6 +24,7 @@ const QUICK: Duration = Duration::from_secs(30);
 fn relay_cmd(state: &Path) -> Command {
     let mut cmd = Command::new(iap_relay_bin());
     hermetic_env(&mut cmd, state);
+    cmd.current_dir(state);
     cmd
 }
 
@@ -76,6 +77,10 @@ fn version_help_and_usage_errors() {
         (
             &["--config", "x.toml", "init", "d"][..],
             "init takes no --config",
+        ),
+        (
+            &["init", "d", "--listen", "nowhere"][..],
+            "--listen must be an address and port",
         ),
     ] {
         let out = run(s, args);
