@@ -8,7 +8,9 @@
 # Knobs (environment): BENCH_RUNS (3), BENCH_SIZE_MIB (1024), BENCH_GCLOUD_MIB (32),
 # BENCH_STARTUP_RUNS (5), BENCH_IDLE_STEPS (1000,10000), BENCH_PROFILE (1: callgrind profile
 # of a short transfer), BENCH_PROFILE_MIB (32), BENCH_INSTALL (1: apt-get what is missing),
-# BENCH_OUT (BENCHMARKS.md at the repository root; "-" for none).
+# BENCH_OUT (BENCHMARKS.md at the repository root; "-" for none), BENCH_STALL_RUNS (30),
+# BENCH_STEPS (bulk,scp,startup,stall,idle,profile: the steps to run; a subset prints its
+# figures and writes no report unless BENCH_OUT is set).
 # Traffic goes to 127.0.0.1 only. Needs root for sshd (as the end-to-end tests do).
 set -euo pipefail
 
@@ -22,11 +24,17 @@ PROFILE=${BENCH_PROFILE:-1}
 PROFILE_MIB=${BENCH_PROFILE_MIB:-32}
 INSTALL=${BENCH_INSTALL:-1}
 OUT=${BENCH_OUT:-$ROOT/BENCHMARKS.md}
+STALL_RUNS=${BENCH_STALL_RUNS:-30}
+ALL_STEPS=bulk,scp,startup,stall,idle,profile
+STEPS=${BENCH_STEPS:-$ALL_STEPS}
+[[ $STEPS != "$ALL_STEPS" && -z ${BENCH_OUT:-} ]] && OUT=-
+step() { [[ ,$STEPS, == *,$1,* ]]; }
+step profile || PROFILE=0
 if [[ ${BENCH_QUICK:-0} == 1 ]]; then
-    RUNS=1 SIZE_MIB=64 GC_MIB=4 STARTUP_RUNS=2 IDLE_STEPS=100,200 PROFILE_MIB=4
+    RUNS=1 SIZE_MIB=64 GC_MIB=4 STARTUP_RUNS=2 IDLE_STEPS=100,200 PROFILE_MIB=4 STALL_RUNS=3
 fi
 COMMAND="bash bench/run.sh"
-for v in BENCH_QUICK BENCH_RUNS BENCH_SIZE_MIB BENCH_GCLOUD_MIB BENCH_STARTUP_RUNS BENCH_IDLE_STEPS BENCH_PROFILE; do
+for v in BENCH_QUICK BENCH_RUNS BENCH_SIZE_MIB BENCH_GCLOUD_MIB BENCH_STARTUP_RUNS BENCH_IDLE_STEPS BENCH_PROFILE BENCH_STALL_RUNS BENCH_STEPS; do
     [[ -n ${!v:-} ]] && COMMAND="$v=${!v} $COMMAND"
 done
 STEP_LIMIT=600 # seconds: upper bound for any single client run
@@ -134,7 +142,7 @@ EOF
 start_relay() {
     local bin=$1 name=$2
     shift 2
-    "$@" "$bin" --config "$TMP/relay.toml" >"$TMP/$name.out" 2>"$TMP/$name.log" &
+    "$@" "$bin" --config "${RELAY_TOML:-$TMP/relay.toml}" >"$TMP/$name.out" 2>"$TMP/$name.log" &
     RELAY_PID=$!
     PIDS+=("$RELAY_PID")
     local i
@@ -291,8 +299,8 @@ scp_run() {
 }
 
 # ---------------------------------------------------------------------------------------------
-log "bulk: $RUNS runs of $SIZE_MIB MiB each way (socat, iap-ssh), $GC_MIB MiB for gcloud"
-for r in $(seq "$RUNS"); do
+step bulk && log "bulk: $RUNS runs of $SIZE_MIB MiB each way (socat, iap-ssh), $GC_MIB MiB for gcloud"
+step bulk && for r in $(seq "$RUNS"); do
     for path in socat iap-ssh; do
         bulk "$path" up "$BYTES"
         bulk "$path" down "$BYTES"
@@ -303,10 +311,10 @@ for r in $(seq "$RUNS"); do
     fi
 done
 
-log "scp: $RUNS runs"
-head -c "$BYTES" /dev/zero >"$SHM/blob"
-head -c "$GC_BYTES" /dev/zero >"$SHM/blob_gc"
-for r in $(seq "$RUNS"); do
+step scp && log "scp: $RUNS runs"
+step scp && head -c "$BYTES" /dev/zero >"$SHM/blob"
+step scp && head -c "$GC_BYTES" /dev/zero >"$SHM/blob_gc"
+step scp && for r in $(seq "$RUNS"); do
     for path in socat iap-ssh; do
         scp_run "$path" up "$BYTES"
         scp_run "$path" down "$BYTES"
@@ -318,10 +326,10 @@ for r in $(seq "$RUNS"); do
 done
 rm -f "$SHM/blob" "$SHM/blob_gc" "$SHM/dst"
 
-log "start-up: $STARTUP_RUNS runs of ssh ... true, and time to first byte / session id"
+step startup && log "start-up: $STARTUP_RUNS runs of ssh ... true, and time to first byte / session id"
 startup_paths=(direct iap-ssh)
 [[ -n $GCLOUD ]] && startup_paths+=(gcloud)
-for r in $(seq "$STARTUP_RUNS"); do
+step startup && for r in $(seq "$STARTUP_RUNS"); do
     for path in "${startup_paths[@]}"; do
         t0=$(now_ns)
         timeout 120 ssh "${SSH_OPTS[@]}" -o ProxyCommand="$(proxy_for "$path")" "$INSTANCE" true ||
@@ -344,6 +352,83 @@ for r in $(seq "$STARTUP_RUNS"); do
 done
 
 # ---------------------------------------------------------------------------------------------
+# Stalls: the sequence that showed gcloud's send-queue deadlock (README "Compatibility"): for
+# each run a freshly started iap-relay, then through a fresh ProxyCommand each: ssh login, a
+# 16 MiB upload, a 16 MiB download. A download that the relay reports as stalled (a "stall"
+# audit line: no ACK for 10 s with more than 32 KiB unacknowledged) is counted and stopped. gcloud runs with --verbosity=error, as ssh users run it; iap-ssh the same.
+STALL_BYTES=$((16 << 20))
+# stall_step PATH AUDIT login|up|down: 0 done, 1 failed, 2 stalled.
+stall_step() {
+    local path=$1 audit=$2 what=$3 pc pid i
+    pc=$(proxy_for "$path")
+    pc=${pc/--verbosity=warning/--verbosity=error}
+    case $what in
+    login) ssh "${SSH_OPTS[@]}" -o ProxyCommand="$pc" "$INSTANCE" true </dev/null >/dev/null & ;;
+    up) ssh "${SSH_OPTS[@]}" -o ProxyCommand="$pc" "$INSTANCE" "cat >$SHM/stall-file" <"$SHM/stall-blob" >/dev/null & ;;
+    down) ssh "${SSH_OPTS[@]}" -o ProxyCommand="$pc" "$INSTANCE" "cat $SHM/stall-file" </dev/null >"$SHM/stall-back" & ;;
+    esac
+    pid=$!
+    PIDS+=("$pid")
+    for i in $(seq $((STEP_LIMIT * 10))); do
+        if ! kill -0 "$pid" 2>/dev/null; then
+            if wait "$pid"; then return 0; else return 1; fi
+        fi
+        if grep -q '"event":"stall"' "$audit" 2>/dev/null; then
+            # ssh ends its ProxyCommand (gcloud) when it is stopped.
+            kill -TERM "$pid" 2>/dev/null || true
+            wait "$pid" 2>/dev/null || true
+            return 2
+        fi
+        sleep 0.1
+    done
+    kill -TERM "$pid" 2>/dev/null || true
+    wait "$pid" 2>/dev/null || true
+    return 1
+}
+if step stall; then
+    stall_paths=(iap-ssh)
+    [[ -n $GCLOUD ]] && stall_paths+=(gcloud)
+    log "stalls: $STALL_RUNS runs of login, 16 MiB up, 16 MiB down, fresh relay each (${stall_paths[*]})"
+    head -c "$STALL_BYTES" /dev/urandom >"$SHM/stall-blob"
+    MAIN_RELAY_URL=$RELAY_URL MAIN_RELAY_PID=$RELAY_PID
+    for path in "${stall_paths[@]}"; do
+        stalls=0
+        for r in $(seq "$STALL_RUNS"); do
+            audit=$TMP/stall-$path-$r.jsonl
+            # audit_log is a top-level key: put it before the first table.
+            # A stopped relay need not wait for a stalled session to drain.
+            { echo "audit_log = \"$audit\""; cat "$TMP/relay.toml"; echo "drain_secs = 1"; } >"$TMP/relay-stall.toml"
+            RELAY_TOML=$TMP/relay-stall.toml start_relay "$BIN/iap-relay" "relay-stall"
+            result=done
+            for what in login up down; do
+                rc=0
+                stall_step "$path" "$audit" "$what" || rc=$?
+                if ((rc == 2)); then
+                    result="stalled at $what"
+                    [[ $what == down ]] && stalls=$((stalls + 1))
+                    break
+                elif ((rc != 0)); then
+                    die "stall run $r: $path $what failed (see $TMP)"
+                fi
+            done
+            if [[ $result == done ]] && ! cmp -s "$SHM/stall-blob" "$SHM/stall-back"; then
+                die "stall run $r: $path download differs"
+            fi
+            [[ $result == "stalled at up" || $result == "stalled at login" ]] &&
+                die "stall run $r: $path $result (not a download stall; see $TMP)"
+            log "stall run $r/$STALL_RUNS $path: $result"
+            kill "$RELAY_PID" 2>/dev/null || true
+            wait "$RELAY_PID" 2>/dev/null || true
+            rm -f "$SHM/stall-file" "$SHM/stall-back"
+        done
+        record stalls "$path" "$stalls"
+        record stall_runs "$path" "$STALL_RUNS"
+    done
+    rm -f "$SHM/stall-blob"
+    RELAY_URL=$MAIN_RELAY_URL RELAY_PID=$MAIN_RELAY_PID
+fi
+
+# ---------------------------------------------------------------------------------------------
 # Idle tunnels: a fresh relay, an idle backend, N open tunnels.
 max_tunnels=$(((NOFILE - 256) / 2))
 steps="" LIMITED=""
@@ -355,6 +440,7 @@ for n in "${want[@]}"; do
     fi
     steps+="${steps:+,}$n"
 done
+if step idle; then
 log "idle tunnels: steps $steps"
 "$TOOL" backend <&3 >"$TMP/backend.out" &
 PIDS+=($!)
@@ -374,6 +460,7 @@ while read -r line; do
 done <"$TMP/idle.out"
 record relay_rss_at_0 iap-relay "$(awk -v r="$rss0" 'BEGIN{printf "%.1f", r/1024}')"
 kill "$RELAY_PID" 2>/dev/null || true
+fi
 
 # ---------------------------------------------------------------------------------------------
 # Profile: callgrind on the unstripped build, one short transfer each way.
@@ -429,7 +516,7 @@ ratio0() { awk -v a="$1" -v b="$2" 'BEGIN{ if (a=="-"||b=="-"||b==0) print "-"; 
 verdict() { [[ $1 == - ]] && echo "not measured" || { awk -v v="$1" -v t="$3" "BEGIN{exit !(v $2 t)}" && echo "**met**" || echo "**not met**"; }; }
 
 declare -A M
-for m in tput_up tput_down ccpu_up ccpu_down rcpu_up rcpu_down rss_up rss_down scp_up scp_down ssh_true first_byte session_id; do
+for m in tput_up tput_down ccpu_up ccpu_down rcpu_up rcpu_down rss_up rss_down scp_up scp_down ssh_true first_byte session_id stalls stall_runs; do
     for p in socat iap-ssh gcloud direct; do M[$m,$p]=$(med "$m" "$p"); done
 done
 IFS=, read -ra idle_n <<<"$steps"
@@ -467,6 +554,7 @@ table() {
 | exec → first backend byte (sshd banner), ms | ${M[first_byte,direct]} (direct) | ${M[first_byte,iap-ssh]} | ${M[first_byte,gcloud]} | gcloud/iap-ssh $(ratio0 "${M[first_byte,gcloud]}" "${M[first_byte,iap-ssh]}")× |
 | exec → session id (\`tunnel open\`, -vv), ms | | ${M[session_id,iap-ssh]} | | |
 | iap-relay RSS idle, MiB: 0 / $n1 / $n2 tunnels | | ${M[rr,0]} / ${M[rr,$n1]} / ${M[rr,$n2]} | | per tunnel: $n1 → **${M[pt,$n1]} KiB**, $n2 → **${M[pt,$n2]} KiB** |
+| 16 MiB downloads that stalled for good (login, up, down; fresh relay each run) | | ${M[stalls,iap-ssh]} of ${M[stall_runs,iap-ssh]} | ${M[stalls,gcloud]} of ${M[stall_runs,gcloud]} | gcloud's own send-queue deadlock (README "Compatibility") |
 EOF
 }
 

@@ -5,8 +5,8 @@
 //!   audited as such, nothing parked;
 //! * a gcloud client lost in the middle of a download: parked, and resumable from its ACK;
 //! * any other client leaving an idle session: parked as before (iap-ssh resumes);
-//! * a client that stops acknowledging at the unacknowledged bound: one `stall` audit line,
-//!   a warning and a metric, while the session stays open.
+//! * a client that stops acknowledging with more than 32 KiB unacknowledged: one `stall`
+//!   audit line, a warning and a metric, while the session stays open.
 #![allow(
     clippy::unwrap_used,
     clippy::expect_used,
@@ -310,7 +310,7 @@ fn gcloud_lost_in_the_middle_of_a_download_is_parked_and_resumes() {
 }
 
 #[test]
-fn a_client_that_stops_acknowledging_at_the_bound_is_reported() {
+fn a_client_that_stops_acknowledging_is_reported() {
     let rig = rig("[limits]\nmax_unacked_bytes = 262144\n");
     let backend = streaming_backend(4 << 20);
     runtime().block_on(async {

@@ -70,7 +70,7 @@ impl Metrics {
             .fetch_add(took.as_micros() as u64, Ordering::Relaxed);
     }
 
-    /// A session sat at its unacknowledged bound with no ACK (see `relay::watch`).
+    /// A client stopped acknowledging (see `relay::watch`).
     pub fn stalled(&self) {
         self.stalls.fetch_add(1, Ordering::Relaxed);
     }
@@ -135,7 +135,7 @@ impl Metrics {
         );
         let _ = writeln!(
             out,
-            "# HELP iap_relay_stalls_total Sessions found at their unacknowledged bound with no ACK from the client for 10 s."
+            "# HELP iap_relay_stalls_total Sessions whose client held more than 32 KiB unacknowledged with no ACK for 10 s."
         );
         let _ = writeln!(out, "# TYPE iap_relay_stalls_total counter");
         let _ = writeln!(

@@ -1172,7 +1172,7 @@ async fn drive(
     let mut recheck_at = deadline_of(&authorized_for);
     let mut revoked: Option<String> = None;
     let flow = Flow::starting_at(parked.session.state.peer_acked());
-    let mut stall = Stall::new(limits.max_unacked_bytes);
+    let mut stall = Stall::new();
     let mut stall_tick = tokio::time::interval(STALL_CHECK_EVERY);
     stall_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let end = {
@@ -1273,9 +1273,9 @@ async fn drive(
 /// Logs, audits and counts a session found stalled by [`Stall`].
 fn report_stall(relay: &Relay, info: &SessionInfo, unacked: u64, stalled: Duration) {
     relay.metrics.stalled();
-    warn!(sid = %info.sid, principal = %info.principal, target = %info.target, unacked, stalled_secs = stalled.as_secs(), "client stopped acknowledging; the session waits at its unacknowledged bound");
+    warn!(sid = %info.sid, principal = %info.principal, target = %info.target, unacked, stalled_secs = stalled.as_secs(), "client stopped acknowledging; the session cannot go on until it does");
     let reason = format!(
-        "no ACK from the client for {} s with {unacked} bytes unacknowledged (the bound)",
+        "no ACK from the client for {} s with {unacked} bytes unacknowledged",
         stalled.as_secs()
     );
     relay.audit.record(&Event {

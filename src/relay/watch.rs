@@ -1,11 +1,13 @@
 //! Watching one attachment's flow control from outside the pump: how far the client has
-//! acknowledged, and whether it has stopped while the session waits at its bound.
+//! acknowledged, and whether it has stopped acknowledging.
 //!
-//! A client that stops acknowledging while the relay holds `max_unacked_bytes` for it
-//! stalls the session for good: the relay may not send more, and stops reading the backend.
-//! gcloud 528 can do this (a deadlock inside its own send thread, see README
-//! "Compatibility"). The relay cannot repair it, but it can say so: [`Stall`] decides when a
-//! session has sat at its bound without an ACK long enough to be reported.
+//! gcloud 528 can stop acknowledging for good (a deadlock inside its own send thread, see
+//! README "Compatibility"). It happens exactly when gcloud wants to acknowledge, that is with
+//! more than [`ACK_THRESHOLD`] bytes unacknowledged, and the session then stops: at the
+//! relay's unacknowledged bound, or earlier when the backend's own flow control (ssh's channel
+//! window) runs out first. The relay cannot repair it, but it can say so: [`Stall`] decides
+//! when a session has held more than a conforming client leaves unacknowledged, with no ACK,
+//! long enough to be reported.
 
 use std::pin::Pin;
 use std::sync::Arc;
@@ -16,11 +18,12 @@ use std::time::{Duration, Instant};
 use futures_util::{Sink, Stream};
 use tokio_tungstenite::tungstenite::Message;
 
-use crate::frame::{self, Frame};
+use crate::frame::Frame;
+use crate::session::state::ACK_THRESHOLD;
 
-/// How long a session may sit at its unacknowledged bound with no ACK before it is reported
-/// as stalled. A healthy client acknowledges within milliseconds to a few seconds (gcloud
-/// holds ACKs back for at most about 2 s when idle).
+/// How long a session may hold more than [`ACK_THRESHOLD`] unacknowledged bytes with no ACK
+/// before it is reported as stalled. A healthy client acknowledges within milliseconds (gcloud
+/// and iap-ssh at once beyond the threshold; iap-ssh also after 20 ms idle).
 pub const STALL_AFTER: Duration = Duration::from_secs(10);
 
 /// Counters shared between the watched socket and the code that checks them.
@@ -122,22 +125,23 @@ where
     }
 }
 
-/// Decides, from periodic looks at a [`Flow`], when a session has stalled: at its bound (within
-/// one DATA message of `max_unacked`) with no ACK for [`STALL_AFTER`]. Reported once per
-/// stall; an ACK ends it.
+/// Decides, from periodic looks at a [`Flow`], when a session has stalled: more than
+/// [`ACK_THRESHOLD`] bytes unacknowledged and no ACK for [`STALL_AFTER`]. A client whose own
+/// reader is blocked (a paused terminal) is reported too: it has stopped acknowledging as
+/// well. Reported once per stall; an ACK ends it.
 #[derive(Debug)]
 pub struct Stall {
-    bound: u64,
+    threshold: u64,
     acks_seen: u64,
     full_since: Option<Instant>,
     reported: bool,
 }
 
 impl Stall {
-    /// A detector for a session that holds at most `max_unacked` bytes.
-    pub fn new(max_unacked: usize) -> Self {
+    /// A detector for one attachment.
+    pub fn new() -> Self {
         Stall {
-            bound: (max_unacked.saturating_sub(frame::MAX_ARRAY_LEN)) as u64,
+            threshold: ACK_THRESHOLD,
             acks_seen: 0,
             full_since: None,
             reported: false,
@@ -148,7 +152,7 @@ impl Stall {
     /// newly found stalled.
     pub fn check(&mut self, flow: &Flow, now: Instant) -> Option<Duration> {
         let acks = flow.acks.load(Ordering::Relaxed);
-        let full = flow.unacked() >= self.bound;
+        let full = flow.unacked() > self.threshold;
         if acks != self.acks_seen || !full {
             self.acks_seen = acks;
             self.full_since = full.then_some(now);
@@ -165,6 +169,12 @@ impl Stall {
     }
 }
 
+impl Default for Stall {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -174,15 +184,15 @@ mod tests {
     }
 
     #[test]
-    fn a_session_at_its_bound_without_acks_is_reported_once() {
+    fn a_session_past_the_ack_threshold_without_acks_is_reported_once() {
         let flow = Flow::starting_at(1000);
-        let mut stall = Stall::new(64 * 1024);
+        let mut stall = Stall::new();
         let t0 = Instant::now();
-        for _ in 0..4 {
+        for _ in 0..3 {
             flow.on_outgoing(&data(16 * 1024));
         }
         flow.on_outgoing(&Message::Ping(Vec::new().into()));
-        assert_eq!(flow.unacked(), 64 * 1024);
+        assert_eq!(flow.unacked(), 48 * 1024);
         assert_eq!(stall.check(&flow, t0), None);
         assert_eq!(stall.check(&flow, t0 + Duration::from_secs(9)), None);
         assert_eq!(
@@ -192,21 +202,22 @@ mod tests {
         );
         assert_eq!(stall.check(&flow, t0 + Duration::from_secs(30)), None);
         // An ACK ends the stall, even one that repeats the position.
-        flow.on_incoming(&Message::Binary(frame::ack(1000)));
+        flow.on_incoming(&Message::Binary(crate::frame::ack(1000)));
         assert_eq!(stall.check(&flow, t0 + Duration::from_secs(31)), None);
         assert_eq!(stall.check(&flow, t0 + Duration::from_secs(40)), None);
         assert!(stall.check(&flow, t0 + Duration::from_secs(41)).is_some());
     }
 
     #[test]
-    fn a_session_below_its_bound_is_never_stalled() {
+    fn a_session_within_the_ack_threshold_is_never_stalled() {
         let flow = Flow::starting_at(0);
-        let mut stall = Stall::new(64 * 1024);
+        let mut stall = Stall::new();
+        flow.on_outgoing(&data(16 * 1024));
         flow.on_outgoing(&data(16 * 1024));
         let t0 = Instant::now();
         assert_eq!(stall.check(&flow, t0), None);
         assert_eq!(stall.check(&flow, t0 + Duration::from_secs(60)), None);
-        flow.on_incoming(&Message::Binary(frame::ack(16 * 1024)));
+        flow.on_incoming(&Message::Binary(crate::frame::ack(32 * 1024)));
         assert_eq!(flow.unacked(), 0);
     }
 }
