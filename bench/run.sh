@@ -12,7 +12,9 @@
 # trips per latency figure), BENCH_PAR_MIB (128 MiB per tunnel at 16 and 64 at once),
 # BENCH_SETUPS (2000 tunnel setups), BENCH_DELAY_MS (25, one way), BENCH_DELAY_MIB (64),
 # BENCH_FLEET (1: the Ansible fleet runs; needs target/ansible-venv or makes it),
-# BENCH_FLEET_HOSTS (30).
+# BENCH_FLEET_HOSTS (30), BENCH_STALL_RUNS (30), BENCH_STEPS (bulk,scp,startup,stall,latency,
+# concurrency,setup,distance,fleet,idle,profile: the steps to run; a subset prints its figures
+# and writes no report unless BENCH_OUT is set).
 # Traffic goes to 127.0.0.1 only. Needs root for sshd (as the end-to-end tests do).
 set -euo pipefail
 
@@ -33,12 +35,18 @@ DELAY_MS=${BENCH_DELAY_MS:-25}
 DELAY_MIB=${BENCH_DELAY_MIB:-64}
 FLEET=${BENCH_FLEET:-1}
 FLEET_HOSTS=${BENCH_FLEET_HOSTS:-30}
+STALL_RUNS=${BENCH_STALL_RUNS:-30}
+ALL_STEPS=bulk,scp,startup,stall,latency,concurrency,setup,distance,fleet,idle,profile
+STEPS=${BENCH_STEPS:-$ALL_STEPS}
+[[ $STEPS != "$ALL_STEPS" && -z ${BENCH_OUT:-} ]] && OUT=-
+step() { [[ ,$STEPS, == *,$1,* ]]; }
+step profile || PROFILE=0
 if [[ ${BENCH_QUICK:-0} == 1 ]]; then
-    RUNS=1 SIZE_MIB=64 GC_MIB=4 STARTUP_RUNS=2 IDLE_STEPS=100,200 PROFILE_MIB=4
+    RUNS=1 SIZE_MIB=64 GC_MIB=4 STARTUP_RUNS=2 IDLE_STEPS=100,200 PROFILE_MIB=4 STALL_RUNS=3
     LAT_COUNT=500 PAR_MIB=8 SETUPS=200 DELAY_MIB=8 FLEET_HOSTS=4
 fi
 COMMAND="bash bench/run.sh"
-for v in BENCH_QUICK BENCH_RUNS BENCH_SIZE_MIB BENCH_GCLOUD_MIB BENCH_STARTUP_RUNS BENCH_IDLE_STEPS BENCH_PROFILE BENCH_LAT_COUNT BENCH_PAR_MIB BENCH_SETUPS BENCH_DELAY_MS BENCH_DELAY_MIB BENCH_FLEET BENCH_FLEET_HOSTS; do
+for v in BENCH_QUICK BENCH_RUNS BENCH_SIZE_MIB BENCH_GCLOUD_MIB BENCH_STARTUP_RUNS BENCH_IDLE_STEPS BENCH_PROFILE BENCH_LAT_COUNT BENCH_PAR_MIB BENCH_SETUPS BENCH_DELAY_MS BENCH_DELAY_MIB BENCH_FLEET BENCH_FLEET_HOSTS BENCH_STALL_RUNS BENCH_STEPS; do
     [[ -n ${!v:-} ]] && COMMAND="$v=${!v} $COMMAND"
 done
 STEP_LIMIT=600 # seconds: upper bound for any single client run
@@ -148,7 +156,7 @@ EOF
 start_relay() {
     local bin=$1 name=$2
     shift 2
-    "$@" "$bin" --config "$TMP/relay.toml" >"$TMP/$name.out" 2>"$TMP/$name.log" &
+    "$@" "$bin" --config "${RELAY_TOML:-$TMP/relay.toml}" >"$TMP/$name.out" 2>"$TMP/$name.log" &
     RELAY_PID=$!
     PIDS+=("$RELAY_PID")
     local i
@@ -338,8 +346,8 @@ scp_run() {
 }
 
 # ---------------------------------------------------------------------------------------------
-log "bulk: $RUNS runs of $SIZE_MIB MiB each way (socat, iap-ssh), $GC_MIB MiB for gcloud"
-for r in $(seq "$RUNS"); do
+step bulk && log "bulk: $RUNS runs of $SIZE_MIB MiB each way (socat, iap-ssh), $GC_MIB MiB for gcloud"
+step bulk && for r in $(seq "$RUNS"); do
     for path in socat socat-tls iap-ssh; do
         bulk "$path" up "$BYTES"
         bulk "$path" down "$BYTES"
@@ -350,10 +358,10 @@ for r in $(seq "$RUNS"); do
     fi
 done
 
-log "scp: $RUNS runs"
-head -c "$BYTES" /dev/zero >"$SHM/blob"
-head -c "$GC_BYTES" /dev/zero >"$SHM/blob_gc"
-for r in $(seq "$RUNS"); do
+step scp && log "scp: $RUNS runs"
+step scp && head -c "$BYTES" /dev/zero >"$SHM/blob"
+step scp && head -c "$GC_BYTES" /dev/zero >"$SHM/blob_gc"
+step scp && for r in $(seq "$RUNS"); do
     for path in socat iap-ssh; do
         scp_run "$path" up "$BYTES"
         scp_run "$path" down "$BYTES"
@@ -365,10 +373,10 @@ for r in $(seq "$RUNS"); do
 done
 rm -f "$SHM/blob" "$SHM/blob_gc" "$SHM/dst"
 
-log "start-up: $STARTUP_RUNS runs of ssh ... true, and time to first byte / session id"
+step startup && log "start-up: $STARTUP_RUNS runs of ssh ... true, and time to first byte / session id"
 startup_paths=(direct iap-ssh)
 [[ -n $GCLOUD ]] && startup_paths+=(gcloud)
-for r in $(seq "$STARTUP_RUNS"); do
+step startup && for r in $(seq "$STARTUP_RUNS"); do
     for path in "${startup_paths[@]}"; do
         t0=$(now_ns)
         timeout 120 ssh "${SSH_OPTS[@]}" -o ProxyCommand="$(proxy_for "$path")" "$INSTANCE" true ||
@@ -391,10 +399,88 @@ for r in $(seq "$STARTUP_RUNS"); do
 done
 
 # ---------------------------------------------------------------------------------------------
+# Stalls: the sequence that showed gcloud's send-queue deadlock (README "Compatibility"): for
+# each run a freshly started iap-relay, then through a fresh ProxyCommand each: ssh login, a
+# 16 MiB upload, a 16 MiB download. A download that the relay reports as stalled (a "stall"
+# audit line: no ACK for 10 s with more than 32 KiB unacknowledged) is counted and stopped. gcloud runs with --verbosity=error, as ssh users run it; iap-ssh the same.
+STALL_BYTES=$((16 << 20))
+# stall_step PATH AUDIT login|up|down: 0 done, 1 failed, 2 stalled.
+stall_step() {
+    local path=$1 audit=$2 what=$3 pc pid i
+    pc=$(proxy_for "$path")
+    pc=${pc/--verbosity=warning/--verbosity=error}
+    case $what in
+    login) ssh "${SSH_OPTS[@]}" -o ProxyCommand="$pc" "$INSTANCE" true </dev/null >/dev/null & ;;
+    up) ssh "${SSH_OPTS[@]}" -o ProxyCommand="$pc" "$INSTANCE" "cat >$SHM/stall-file" <"$SHM/stall-blob" >/dev/null & ;;
+    down) ssh "${SSH_OPTS[@]}" -o ProxyCommand="$pc" "$INSTANCE" "cat $SHM/stall-file" </dev/null >"$SHM/stall-back" & ;;
+    esac
+    pid=$!
+    PIDS+=("$pid")
+    for i in $(seq $((STEP_LIMIT * 10))); do
+        if ! kill -0 "$pid" 2>/dev/null; then
+            if wait "$pid"; then return 0; else return 1; fi
+        fi
+        if grep -q '"event":"stall"' "$audit" 2>/dev/null; then
+            # ssh ends its ProxyCommand (gcloud) when it is stopped.
+            kill -TERM "$pid" 2>/dev/null || true
+            wait "$pid" 2>/dev/null || true
+            return 2
+        fi
+        sleep 0.1
+    done
+    kill -TERM "$pid" 2>/dev/null || true
+    wait "$pid" 2>/dev/null || true
+    return 1
+}
+if step stall; then
+    stall_paths=(iap-ssh)
+    [[ -n $GCLOUD ]] && stall_paths+=(gcloud)
+    log "stalls: $STALL_RUNS runs of login, 16 MiB up, 16 MiB down, fresh relay each (${stall_paths[*]})"
+    head -c "$STALL_BYTES" /dev/urandom >"$SHM/stall-blob"
+    MAIN_RELAY_URL=$RELAY_URL MAIN_RELAY_PID=$RELAY_PID
+    for path in "${stall_paths[@]}"; do
+        stalls=0
+        for r in $(seq "$STALL_RUNS"); do
+            audit=$TMP/stall-$path-$r.jsonl
+            # audit_log is a top-level key: put it before the first table.
+            # A stopped relay need not wait for a stalled session to drain.
+            { echo "audit_log = \"$audit\""; cat "$TMP/relay.toml"; echo "drain_secs = 1"; } >"$TMP/relay-stall.toml"
+            RELAY_TOML=$TMP/relay-stall.toml start_relay "$BIN/iap-relay" "relay-stall"
+            result=done
+            for what in login up down; do
+                rc=0
+                stall_step "$path" "$audit" "$what" || rc=$?
+                if ((rc == 2)); then
+                    result="stalled at $what"
+                    [[ $what == down ]] && stalls=$((stalls + 1))
+                    break
+                elif ((rc != 0)); then
+                    die "stall run $r: $path $what failed (see $TMP)"
+                fi
+            done
+            if [[ $result == done ]] && ! cmp -s "$SHM/stall-blob" "$SHM/stall-back"; then
+                die "stall run $r: $path download differs"
+            fi
+            [[ $result == "stalled at up" || $result == "stalled at login" ]] &&
+                die "stall run $r: $path $result (not a download stall; see $TMP)"
+            log "stall run $r/$STALL_RUNS $path: $result"
+            kill "$RELAY_PID" 2>/dev/null || true
+            wait "$RELAY_PID" 2>/dev/null || true
+            rm -f "$SHM/stall-file" "$SHM/stall-back"
+        done
+        record stalls "$path" "$stalls"
+        record stall_runs "$path" "$STALL_RUNS"
+    done
+    rm -f "$SHM/stall-blob"
+    RELAY_URL=$MAIN_RELAY_URL RELAY_PID=$MAIN_RELAY_PID
+fi
+
+# ---------------------------------------------------------------------------------------------
 # Latency: request/response round trips to the echo service (p50, p99, p99.9), through a
 # client's stdin/stdout (stdio mode) and through a local port (listener mode).
 # opt_record METRIC PATH OUTPUT KEY: records KEY=VALUE from OUTPUT, or "-".
 opt_record() { record "$1" "$2" "$(sed -n "s/.*$4=\([^ ]*\).*/\1/p" <<<"$3" | grep . || echo -)"; }
+if step latency; then
 log "latency: $LAT_COUNT round trips of 1 B and 1 KiB per path, $RUNS runs"
 "$BIN/iap-ssh" --listen 127.0.0.1:0 --endpoint "$RELAY_URL" --ca-file "$TMP/ca.pem" \
     --access-token-file "$TMP/token" "$INSTANCE.$ZONE.$PROJECT" "$ECHO" <&3 >"$TMP/listen.out" 2>"$TMP/listen.log" &
@@ -425,9 +511,11 @@ for r in $(seq "$RUNS"); do
         lat iap-ssh-listen "$size" tcp "$IAP_LISTEN_PORT"
     done
 done
+fi
 
 # ---------------------------------------------------------------------------------------------
 # Many tunnels at once: 16 and 64 downloads of PAR_MIB each through one relay.
+if step concurrency; then
 log "concurrency: 16 and 64 downloads of $PAR_MIB MiB at once"
 for r in $(seq "$RUNS"); do
     for n in 16 64; do
@@ -442,10 +530,12 @@ for r in $(seq "$RUNS"); do
         done
     done
 done
+fi
 
 # ---------------------------------------------------------------------------------------------
 # Tunnel setup rate: 64 dialers, each a connect, one byte echoed and a close; iap-relay against
 # HAProxy terminating TLS in front of the same echo service.
+if step setup; then
 log "setup rate: $SETUPS setups, 64 at once, iap-relay and HAProxy"
 cat "$TMP/relay-cert.pem" "$TMP/relay-key.pem" >"$TMP/haproxy.pem"
 HA_PORT=$(free_port)
@@ -480,9 +570,11 @@ for r in $(seq "$RUNS"); do
     opt_record setup_p99 haproxy "$out" p99_ms
     log "setup haproxy: $out"
 done
+fi
 
 # ---------------------------------------------------------------------------------------------
 # Distance: a delay line of DELAY_MS each way in front of the relays; bulk each way.
+if step distance; then
 log "distance: ${DELAY_MS} ms each way, $DELAY_MIB MiB each way ($GC_MIB MiB for gcloud)"
 DELAY_BYTES=$((DELAY_MIB << 20))
 SRC_DELAY=$(free_port)
@@ -553,12 +645,13 @@ for r in $(seq "$RUNS"); do
         far gcloud down "$GC_BYTES"
     fi
 done
+fi
 
 # ---------------------------------------------------------------------------------------------
 # A whole Ansible run: FLEET_HOSTS inventory hosts (instances of the relay leading to the
 # loopback sshd), forks=10, four tasks, no fact gathering; through direct socat, iap-ssh and
 # gcloud without connection sharing, and iap-ssh with ControlPersist.
-if [[ $FLEET == 1 ]]; then
+if [[ $FLEET == 1 ]] && step fleet; then
     VENV=$ROOT/target/ansible-venv
     if [[ ! -x $VENV/bin/ansible-playbook ]]; then
         log "making the ansible virtualenv in $VENV"
@@ -638,6 +731,7 @@ for n in "${want[@]}"; do
     fi
     steps+="${steps:+,}$n"
 done
+if step idle; then
 log "idle tunnels: steps $steps"
 "$TOOL" backend <&3 >"$TMP/backend.out" &
 PIDS+=($!)
@@ -657,6 +751,7 @@ while read -r line; do
 done <"$TMP/idle.out"
 record relay_rss_at_0 iap-relay "$(awk -v r="$rss0" 'BEGIN{printf "%.1f", r/1024}')"
 kill "$RELAY_PID" 2>/dev/null || true
+fi
 
 # ---------------------------------------------------------------------------------------------
 # Profile: callgrind on the unstripped build, one short transfer each way.
@@ -714,7 +809,7 @@ verdict() { [[ $1 == - ]] && echo "not measured" || { awk -v v="$1" -v t="$3" "B
 declare -A M
 for m in tput_up tput_down ccpu_up ccpu_down rcpu_up rcpu_down rss_up rss_down scp_up scp_down ssh_true first_byte session_id \
     lat50_1 lat99_1 lat999_1 lat50_1024 lat99_1024 lat999_1024 par_mbps_16 par_fast_16 par_slow_16 \
-    par_mbps_64 par_fast_64 par_slow_64 setup_rate setup_p50 setup_p99 far_up far_down fleet_wall fleet_cpu; do
+    par_mbps_64 par_fast_64 par_slow_64 setup_rate setup_p50 setup_p99 far_up far_down fleet_wall fleet_cpu stalls stall_runs; do
     for p in socat socat-tls iap-ssh gcloud direct socat-tls-listen iap-ssh-listen iap-relay haproxy direct-cp iap-ssh-cp; do
         M[$m,$p]=$(med "$m" "$p")
     done
@@ -761,6 +856,7 @@ table() {
 | exec → first backend byte (sshd banner), ms | ${M[first_byte,direct]} (direct) | ${M[first_byte,iap-ssh]} | ${M[first_byte,gcloud]} | gcloud/iap-ssh $(ratio0 "${M[first_byte,gcloud]}" "${M[first_byte,iap-ssh]}")× |
 | exec → session id (\`tunnel open\`, -vv), ms | | ${M[session_id,iap-ssh]} | | |
 | iap-relay RSS idle, MiB: 0 / $n1 / $n2 tunnels | | ${M[rr,0]} / ${M[rr,$n1]} / ${M[rr,$n2]} | | per tunnel: $n1 → **${M[pt,$n1]} KiB**, $n2 → **${M[pt,$n2]} KiB** |
+| 16 MiB downloads that stalled for good (login, up, down; fresh relay each run) | | ${M[stalls,iap-ssh]} of ${M[stall_runs,iap-ssh]} | ${M[stalls,gcloud]} of ${M[stall_runs,gcloud]} | gcloud's own send-queue deadlock (README "Compatibility") |
 EOF
 }
 

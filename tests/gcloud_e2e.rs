@@ -6,6 +6,11 @@
 //!   token endpoint, which exercises the real gcp_auth JWT-bearer flow.
 //!
 //! Skips when gcloud, OpenSSH or openssl is missing, except under CI=true.
+//!
+//! gcloud 528 can deadlock by itself during a download (its send thread blocks putting an ACK
+//! into its own full queue; see README "Compatibility"). The relay reports such a session with
+//! a `stall` audit line; a bulk step that stalls that way is noted and run once more, and a
+//! second stall fails the test.
 #![allow(
     clippy::unwrap_used,
     clippy::expect_used,
@@ -17,7 +22,8 @@ mod common;
 
 use std::fs::{self, File};
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
+use std::process::{Command, Output, Stdio};
+use std::time::{Duration, Instant};
 
 use common::*;
 
@@ -60,7 +66,9 @@ fn gcloud_setup() -> Option<GcloudSetup> {
         return None;
     }
     let (alice, mallory) = (random_hex(24), random_hex(24));
-    let relay = spawn_relay(&RelaySpec::standard(ALICE, &alice).with_token(MALLORY, &mallory));
+    let mut spec = RelaySpec::standard(ALICE, &alice).with_token(MALLORY, &mallory);
+    spec.extra_toml = "audit_log = \"audit.jsonl\"".into();
+    let relay = spawn_relay(&spec);
     let sshd = spawn_sshd();
     let secrets = sshd.subdir("secrets");
     let token_file = write_token_file(&secrets, &alice);
@@ -74,6 +82,12 @@ fn gcloud_setup() -> Option<GcloudSetup> {
 }
 
 impl GcloudSetup {
+    /// The relay's audit log (JSON lines).
+    fn audit(&self) -> String {
+        let dir = self.relay.config_path.parent().expect("config folder");
+        read_log(&dir.join("audit.jsonl"))
+    }
+
     fn logs(&self) -> String {
         format!(
             "--- iap-relay log ---\n{}\n--- sshd log ---\n{}",
@@ -91,6 +105,100 @@ fn gcloud_tunnel_ssh_runs_command() {
     let out = run_with_timeout(&mut cmd, COMMAND_TIMEOUT);
     assert!(out.status.success(), "{}\n{}", describe(&out), s.logs());
     assert_eq!(String::from_utf8_lossy(&out.stdout), "hello\n");
+    // gcloud leaves without a WebSocket close; the idle session is complete, not parked.
+    let started = Instant::now();
+    while !s.audit().contains("\"event\":\"close\"") {
+        assert!(started.elapsed() < Duration::from_secs(10), "{}", s.logs());
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let audit = s.audit();
+    assert!(
+        audit.contains("\"reason\":\"complete; client left without a close\""),
+        "{audit}\n{}",
+        s.logs()
+    );
+    assert!(!s.relay.log().contains("parked for resume"), "{}", s.logs());
+}
+
+/// How a bulk step through gcloud ended.
+enum Step {
+    Done(Output),
+    /// The relay reported a `stall` (gcloud stopped acknowledging at the relay's bound).
+    Stalled,
+}
+
+/// Runs `cmd` like [`run_with_io`], but watches the relay's audit log: when a new `stall`
+/// line appears, ssh is stopped with SIGTERM (so it ends its ProxyCommand, gcloud) and the
+/// step reports [`Step::Stalled`].
+fn run_watching_stalls(
+    s: &GcloudSetup,
+    cmd: &mut Command,
+    stdin: Stdio,
+    stdout_to: Option<File>,
+) -> Step {
+    let stalls_before = s.audit().matches("\"event\":\"stall\"").count();
+    let mut err_file = tempfile::tempfile().unwrap();
+    let stdout = match stdout_to {
+        Some(f) => Stdio::from(f),
+        None => Stdio::null(),
+    };
+    cmd.stdin(stdin)
+        .stdout(stdout)
+        .stderr(Stdio::from(err_file.try_clone().unwrap()));
+    let mut child = ChildGuard::new(cmd.spawn().unwrap());
+    let started = Instant::now();
+    loop {
+        if let Some(status) = child.try_wait() {
+            use std::io::{Read, Seek};
+            let mut stderr = Vec::new();
+            let _ = err_file.rewind();
+            let _ = err_file.read_to_end(&mut stderr);
+            return Step::Done(Output {
+                status,
+                stdout: Vec::new(),
+                stderr,
+            });
+        }
+        if s.audit().matches("\"event\":\"stall\"").count() > stalls_before {
+            let pid = rustix::process::Pid::from_raw(child.id() as i32).unwrap();
+            let _ = rustix::process::kill_process(pid, rustix::process::Signal::TERM);
+            let stopping = Instant::now();
+            while child.try_wait().is_none() && stopping.elapsed() < Duration::from_secs(5) {
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            return Step::Stalled;
+        }
+        assert!(
+            started.elapsed() < TRANSFER_TIMEOUT,
+            "timed out after {TRANSFER_TIMEOUT:?}: {cmd:?}\n{}",
+            s.logs()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// Runs a bulk step (`make` builds a fresh command each time) and accepts one gcloud stall: the
+/// step is noted and run again. A second stall fails.
+fn bulk_step(s: &GcloudSetup, what: &str, make: &dyn Fn() -> (Command, Stdio, Option<File>)) {
+    for attempt in 1..=2 {
+        let (mut cmd, stdin, stdout_to) = make();
+        match run_watching_stalls(s, &mut cmd, stdin, stdout_to) {
+            Step::Done(out) => {
+                assert!(
+                    out.status.success(),
+                    "{what}: {}\n{}",
+                    describe(&out),
+                    s.logs()
+                );
+                return;
+            }
+            Step::Stalled if attempt == 1 => eprintln!(
+                "note: {what} stalled (gcloud stopped acknowledging; its own send-queue deadlock, \
+                 see README \"Compatibility\"); running it once more"
+            ),
+            Step::Stalled => panic!("{what} stalled twice through gcloud\n{}", s.logs()),
+        }
+    }
 }
 
 #[test]
@@ -102,33 +210,25 @@ fn gcloud_tunnel_16mib_upload_and_download() {
     let want = sha256_file(&src);
     let remote_file = remote.join("up.bin");
 
-    let mut cmd = gcloud_ssh(&s.sshd, &s.relay, &s.token_file);
-    cmd.arg(format!(
-        "cat > {}",
-        sh_quote(&remote_file.display().to_string())
-    ));
-    let out = run_with_io(
-        &mut cmd,
-        Stdio::from(File::open(&src).unwrap()),
-        None,
-        TRANSFER_TIMEOUT,
-    );
-    assert!(out.status.success(), "{}\n{}", describe(&out), s.logs());
+    bulk_step(&s, "16 MiB upload through gcloud", &|| {
+        let mut cmd = gcloud_ssh(&s.sshd, &s.relay, &s.token_file);
+        cmd.arg(format!(
+            "cat > {}",
+            sh_quote(&remote_file.display().to_string())
+        ));
+        (cmd, Stdio::from(File::open(&src).unwrap()), None)
+    });
     assert_eq!(sha256_file(&remote_file), want, "upload corrupted");
 
     let back = local.join("down.bin");
-    let mut cmd = gcloud_ssh(&s.sshd, &s.relay, &s.token_file);
-    cmd.arg(format!(
-        "cat {}",
-        sh_quote(&remote_file.display().to_string())
-    ));
-    let out = run_with_io(
-        &mut cmd,
-        Stdio::null(),
-        Some(File::create(&back).unwrap()),
-        TRANSFER_TIMEOUT,
-    );
-    assert!(out.status.success(), "{}\n{}", describe(&out), s.logs());
+    bulk_step(&s, "16 MiB download through gcloud", &|| {
+        let mut cmd = gcloud_ssh(&s.sshd, &s.relay, &s.token_file);
+        cmd.arg(format!(
+            "cat {}",
+            sh_quote(&remote_file.display().to_string())
+        ));
+        (cmd, Stdio::null(), Some(File::create(&back).unwrap()))
+    });
     assert_eq!(sha256_file(&back), want, "download corrupted");
 }
 

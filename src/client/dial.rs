@@ -529,7 +529,7 @@ fn tls_alert_hint(e: &std::io::Error, relay: &str) -> Option<String> {
     use rustls::AlertDescription as A;
     let alert = match e.get_ref()?.downcast_ref::<rustls::Error>()? {
         rustls::Error::AlertReceived(alert) => *alert,
-        _ => return None,
+        e => return server_cert_hint(e, relay),
     };
     match alert {
         A::CertificateRequired => Some(format!(
@@ -548,6 +548,16 @@ fn tls_alert_hint(e: &std::io::Error, relay: &str) -> Option<String> {
         )),
         _ => None,
     }
+}
+
+/// What to do when the relay's own certificate is refused for a reason the operator can fix.
+fn server_cert_hint(e: &rustls::Error, relay: &str) -> Option<String> {
+    use crate::relay::tls::{CA_AS_LEAF_FIX, is_ca_used_as_end_entity};
+    is_ca_used_as_end_entity(e).then(|| {
+        format!(
+            "the relay at {relay} presents a CA certificate as its own (CaUsedAsEndEntity), which TLS clients refuse: on the relay, {CA_AS_LEAF_FIX}"
+        )
+    })
 }
 
 #[cfg(test)]

@@ -246,11 +246,23 @@ pub struct RelayConfig {
     pub outbound_ca_file: Option<PathBuf>,
 }
 
+/// Every problem found in a configuration, one sentence each.
+#[derive(Debug)]
+pub struct ConfigProblems(pub Vec<String>);
+
+impl std::fmt::Display for ConfigProblems {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0.join("; "))
+    }
+}
+
+impl std::error::Error for ConfigProblems {}
+
 impl RelayConfig {
     /// Reads and checks `path`.
     ///
     /// # Errors
-    /// One message naming the file, the entry and what is wrong.
+    /// Reading the file, or [`ConfigProblems`] naming every entry that is wrong.
     pub fn load(path: &Path) -> anyhow::Result<RelayConfig> {
         let text = std::fs::read_to_string(path)
             .with_context(|| format!("reading relay config {}", path.display()))?;
@@ -261,35 +273,57 @@ impl RelayConfig {
     /// Parses and checks configuration text; relative paths are taken from `base`.
     ///
     /// # Errors
-    /// One message naming the entry and what is wrong.
+    /// [`ConfigProblems`] naming every entry that is wrong.
     pub fn parse(text: &str, base: &Path) -> anyhow::Result<RelayConfig> {
-        let file: RelayFile = toml::from_str(text)?;
+        match Self::parse_all(text, base) {
+            (Some(config), problems) if problems.is_empty() => Ok(config),
+            (_, problems) => Err(ConfigProblems(problems).into()),
+        }
+    }
+
+    /// Parses configuration text and lists every problem: the configuration holds every entry
+    /// that was right (for further checks); `None` when the text is not a relay.toml at all.
+    pub fn parse_all(text: &str, base: &Path) -> (Option<RelayConfig>, Vec<String>) {
+        let file: RelayFile = match toml::from_str(text) {
+            Ok(file) => file,
+            // TOML and serde stop at the first error: there is nothing to go on from.
+            Err(e) => return (None, vec![one_line(&e.to_string())]),
+        };
+        let mut problems: Vec<String> = Vec::new();
         let mut tokens = StaticTokens::default();
         for (i, entry) in file.static_tokens.iter().enumerate() {
-            tokens
-                .add(&entry.principal, &entry.sha256)
-                .with_context(|| format!("static_tokens[{i}]"))?;
+            if let Err(e) = tokens.add(&entry.principal, &entry.sha256) {
+                problems.push(format!("static_tokens[{i}]: {e:#}"));
+            }
         }
         let mut inventory = Inventory::default();
         for (i, entry) in file.instances.into_iter().enumerate() {
             if entry.interfaces.is_empty() {
-                bail!("instances[{i}] ({}) has no interfaces", entry.name);
+                problems.push(format!("instances[{i}] ({}) has no interfaces", entry.name));
+                continue;
             }
             inventory.add_instance(&entry.project, &entry.zone, &entry.name, entry.interfaces);
         }
         for (i, entry) in file.dest_groups.into_iter().enumerate() {
             let what = format!("dest_groups[{i}] ({})", entry.name);
             if entry.cidrs.is_empty() {
-                bail!(
+                problems.push(format!(
                     "{what}: cidrs is empty: list the address ranges the relay may dial for this group"
-                );
+                ));
+                continue;
             }
-            let cidrs = entry
+            let cidrs = match entry
                 .cidrs
                 .iter()
                 .map(|c| Cidr::parse(c))
                 .collect::<anyhow::Result<Vec<_>>>()
-                .with_context(|| what.clone())?;
+            {
+                Ok(cidrs) => cidrs,
+                Err(e) => {
+                    problems.push(format!("{what}: {e:#}"));
+                    continue;
+                }
+            };
             inventory.add_group(DestGroup {
                 project: entry.project,
                 region: entry.region,
@@ -301,32 +335,44 @@ impl RelayConfig {
         let mut groups = HashMap::new();
         for (i, entry) in file.groups.into_iter().enumerate() {
             if !entry.name.starts_with("group:") || entry.name.len() <= 6 {
-                bail!(
+                problems.push(format!(
                     "groups[{i}]: name {:?} must look like group:NAME",
                     entry.name
-                );
+                ));
+                continue;
             }
+            let mut ok = true;
             for m in &entry.members {
                 if m.starts_with("group:") {
-                    bail!(
+                    problems.push(format!(
                         "groups[{i}] ({}): member {m:?}: groups cannot contain groups",
                         entry.name
-                    );
+                    ));
+                    ok = false;
+                } else if let Err(e) = check_member(m) {
+                    problems.push(format!("groups[{i}] ({}): {e:#}", entry.name));
+                    ok = false;
                 }
-                check_member(m).with_context(|| format!("groups[{i}] ({})", entry.name))?;
             }
-            groups.insert(entry.name, entry.members);
+            if ok {
+                groups.insert(entry.name, entry.members);
+            }
         }
-        let trusted_proxies = file
-            .trusted_proxies
-            .iter()
-            .map(|c| Cidr::parse(c))
-            .collect::<anyhow::Result<Vec<_>>>()
-            .context("trusted_proxies")?;
-        if let Some(tokeninfo) = &file.tokeninfo {
-            tokeninfo.check().context("[tokeninfo]")?;
+        let mut trusted_proxies = Vec::new();
+        for c in &file.trusted_proxies {
+            match Cidr::parse(c) {
+                Ok(c) => trusted_proxies.push(c),
+                Err(e) => problems.push(format!("trusted_proxies: {e:#}")),
+            }
         }
-        super::jwt::check_issuers(&file.jwt, file.tokeninfo.is_some())?;
+        if let Some(tokeninfo) = &file.tokeninfo
+            && let Err(e) = tokeninfo.check()
+        {
+            problems.push(format!("[tokeninfo]: {e:#}"));
+        }
+        if let Err(e) = super::jwt::check_issuers(&file.jwt, file.tokeninfo.is_some()) {
+            problems.push(format!("{e:#}"));
+        }
         let mut jwt = file.jwt;
         for issuer in &mut jwt {
             issuer.jwks_file = issuer.jwks_file.take().map(|f| base.join(f));
@@ -344,60 +390,93 @@ impl RelayConfig {
                 client_auth: Some(_),
                 ..
             }) => {
-                bail!("[tls] client_auth needs client_ca, the CA that client certificates chain to")
+                problems.push(
+                    "[tls] client_auth needs client_ca, the CA that client certificates chain to"
+                        .to_owned(),
+                );
+                None
             }
             _ => None,
         };
         let mut bindings = Vec::new();
         for (i, entry) in file.bindings.into_iter().enumerate() {
+            let before = problems.len();
             if entry.role != TUNNEL_ROLE {
-                bail!(
+                problems.push(format!(
                     "bindings[{i}]: role {:?} grants no tunnels (use {TUNNEL_ROLE})",
                     entry.role
-                );
+                ));
             }
             if entry.members.is_empty() {
-                bail!("bindings[{i}] has no members");
+                problems.push(format!("bindings[{i}] has no members"));
             }
             for member in &entry.members {
-                check_member(member).with_context(|| format!("bindings[{i}]"))?;
-                if member.starts_with("group:") && !groups.contains_key(member) {
-                    bail!("bindings[{i}]: {member} is not defined in [[groups]]");
+                if let Err(e) = check_member(member) {
+                    problems.push(format!("bindings[{i}]: {e:#}"));
+                } else if member.starts_with("group:") && !groups.contains_key(member) {
+                    problems.push(format!(
+                        "bindings[{i}]: {member} is not defined in [[groups]]"
+                    ));
                 }
             }
-            let expires = entry
-                .expires
-                .as_ref()
-                .map(datetime_to_system)
-                .transpose()
-                .with_context(|| format!("bindings[{i}]: expires"))?;
-            let resource =
-                Resource::parse(&entry.resource).with_context(|| format!("bindings[{i}]"))?;
+            let expires = match entry.expires.as_ref().map(datetime_to_system).transpose() {
+                Ok(expires) => expires,
+                Err(e) => {
+                    problems.push(format!("bindings[{i}]: expires: {e:#}"));
+                    None
+                }
+            };
+            let resource = match Resource::parse(&entry.resource) {
+                Ok(resource) => Some(resource),
+                Err(e) => {
+                    problems.push(format!("bindings[{i}]: {e:#}"));
+                    None
+                }
+            };
             if entry
                 .ports
                 .as_ref()
                 .is_some_and(|p| p.is_empty() || p.contains(&0))
             {
-                bail!(
+                problems.push(format!(
                     "bindings[{i}]: ports must list ports from 1 to 65535 (omit it to allow any)"
-                );
+                ));
             }
-            bindings.push(Binding {
-                name: format!("bindings[{i}]"),
-                members: entry.members,
-                resource,
-                ports: entry.ports,
-                require_client_cert: entry.require_client_cert,
-                expires,
-            });
             if entry.require_client_cert && client_ca.is_none() {
-                bail!(
+                problems.push(format!(
                     "bindings[{i}]: require_client_cert needs [tls] client_ca (no client could ever match)"
-                );
+                ));
+            }
+            if let Some(resource) = resource
+                && problems.len() == before
+            {
+                bindings.push(Binding {
+                    name: format!("bindings[{i}]"),
+                    members: entry.members,
+                    resource,
+                    ports: entry.ports,
+                    require_client_cert: entry.require_client_cert,
+                    expires,
+                });
             }
         }
-        check_limits(&file.limits)?;
-        Ok(RelayConfig {
+        if let Err(e) = check_limits(&file.limits) {
+            problems.push(format!("{e:#}"));
+        }
+        let node_id = match file.node_id {
+            Some(id)
+                if id.is_empty()
+                    || id.len() > 32
+                    || !id.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-') =>
+            {
+                problems.push(format!(
+                    "node_id {id:?} must be 1 to 32 letters, digits or '-'"
+                ));
+                None
+            }
+            other => other,
+        };
+        let config = RelayConfig {
             listen: file.listen,
             tls: file.tls.map(|t| (base.join(t.cert), base.join(t.key))),
             client_ca,
@@ -406,23 +485,34 @@ impl RelayConfig {
             policy: Policy { bindings, groups },
             limits: file.limits,
             admin_listen: file.admin_listen,
-            node_id: match file.node_id {
-                Some(id)
-                    if id.is_empty()
-                        || id.len() > 32
-                        || !id.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-') =>
-                {
-                    bail!("node_id {id:?} must be 1 to 32 letters, digits or '-'")
-                }
-                other => other,
-            },
+            node_id,
             audit_log: file.audit_log.map(|p| base.join(p)),
             trusted_proxies,
             jwt,
             tokeninfo: file.tokeninfo,
             outbound_ca_file: file.outbound_ca_file.map(|p| base.join(p)),
-        })
+        };
+        (Some(config), problems)
     }
+}
+
+impl RelayConfig {
+    /// A warning when the relay would serve plaintext `ws://` beyond this machine with no
+    /// TLS-terminating proxy named: bearer tokens would cross the network in the clear.
+    pub fn plaintext_warning(&self) -> Option<String> {
+        (self.tls.is_none() && !self.listen.ip().is_loopback() && self.trusted_proxies.is_empty())
+            .then(|| {
+                format!(
+                    "serving plaintext ws:// on {} (not loopback) with no trusted_proxies: bearer tokens cross the network in the clear; add [tls], or list the TLS-terminating proxy in trusted_proxies",
+                    self.listen
+                )
+            })
+    }
+}
+
+/// A library error text on one line (TOML errors quote the offending line over several).
+fn one_line(text: &str) -> String {
+    text.split_whitespace().collect::<Vec<_>>().join(" ")
 }
 
 fn check_limits(limits: &Limits) -> anyhow::Result<()> {
@@ -690,6 +780,59 @@ mod identity_sources {
             let err = error(&format!("{BASE}{}", issuer("https://a", limit)));
             assert!(err.contains(want), "expected {want:?} in {err}");
         }
+    }
+}
+
+#[cfg(test)]
+mod problems {
+    use super::*;
+
+    #[test]
+    fn every_problem_is_listed_and_the_good_entries_kept() {
+        let text = r#"
+listen = "127.0.0.1:0"
+node_id = "bad id"
+[[instances]]
+project = "p"
+zone = "z"
+name = "vm-1"
+interfaces = { nic0 = "127.0.0.1" }
+[[bindings]]
+role = "roles/viewer"
+members = ["alice"]
+resource = "projects/p"
+[[bindings]]
+role = "roles/iap.tunnelResourceAccessor"
+members = ["user:a@example.com"]
+resource = "projects/p"
+"#;
+        let (config, problems) = RelayConfig::parse_all(text, Path::new("."));
+        assert_eq!(problems.len(), 3, "{problems:?}");
+        assert!(
+            problems.iter().any(|p| p.contains("node_id")),
+            "{problems:?}"
+        );
+        let config = config.unwrap();
+        assert_eq!(config.policy.bindings.len(), 1);
+        let err = RelayConfig::parse(text, Path::new(".")).unwrap_err();
+        assert_eq!(err.downcast_ref::<ConfigProblems>().unwrap().0, problems);
+        let (none, syntax) = RelayConfig::parse_all("listen = ", Path::new("."));
+        assert!(none.is_none());
+        assert_eq!(syntax.len(), 1);
+        assert!(!syntax[0].contains('\n'), "{syntax:?}");
+    }
+
+    #[test]
+    fn plaintext_beyond_loopback_is_warned() {
+        let parse = |t: &str| RelayConfig::parse(t, Path::new(".")).unwrap();
+        assert!(
+            parse("listen = \"0.0.0.0:80\"")
+                .plaintext_warning()
+                .is_some()
+        );
+        assert!(parse("listen = \"[::1]:80\"").plaintext_warning().is_none());
+        let proxied = "listen = \"0.0.0.0:80\"\ntrusted_proxies = [\"10.0.0.1\"]";
+        assert!(parse(proxied).plaintext_warning().is_none());
     }
 }
 

@@ -21,6 +21,7 @@ pub struct Metrics {
     handshake_buckets: [AtomicU64; HANDSHAKE_BUCKETS.len()],
     handshake_count: AtomicU64,
     handshake_micros: AtomicU64,
+    stalls: AtomicU64,
 }
 
 fn bump(map: &Mutex<BTreeMap<&'static str, u64>>, key: &'static str) {
@@ -67,6 +68,11 @@ impl Metrics {
         self.handshake_count.fetch_add(1, Ordering::Relaxed);
         self.handshake_micros
             .fetch_add(took.as_micros() as u64, Ordering::Relaxed);
+    }
+
+    /// A client stopped acknowledging (see `relay::watch`).
+    pub fn stalled(&self) {
+        self.stalls.fetch_add(1, Ordering::Relaxed);
     }
 
     /// Sessions open now.
@@ -126,6 +132,16 @@ impl Metrics {
             out,
             "iap_relay_bytes_total{{direction=\"to_client\"}} {}",
             self.bytes_to_clients.load(Ordering::Relaxed)
+        );
+        let _ = writeln!(
+            out,
+            "# HELP iap_relay_stalls_total Sessions whose client held more than 32 KiB unacknowledged with no ACK for 10 s."
+        );
+        let _ = writeln!(out, "# TYPE iap_relay_stalls_total counter");
+        let _ = writeln!(
+            out,
+            "iap_relay_stalls_total {}",
+            self.stalls.load(Ordering::Relaxed)
         );
         let _ = writeln!(
             out,

@@ -33,14 +33,19 @@ use super::inventory::HostLookup;
 use super::jwt::JwtVerifier;
 use super::metrics::Metrics;
 use super::policy::{self, Decision};
+use super::sessions::RelaySession;
 use super::sessions::{Grant, Parked, Registry, SessionInfo, Standing};
 use super::tokeninfo::TokenInfo;
 use super::upgrade::{self, HeadError, Prefixed};
+use super::watch::{Flow, Stall, Watched};
 use crate::client::dial::{SUBPROTOCOL, websocket_config};
 use crate::close;
 use crate::frame::Frame;
 use crate::session::local::{TcpInput, TcpOutput};
-use crate::session::pump::{self, Attach, Detach, POLICY_VIOLATION, PumpEnd, Role, Session};
+use crate::session::pump::{
+    self, Attach, CLOSE_WAIT, Detach, POLICY_VIOLATION, PumpEnd, Role, Session,
+};
+use crate::session::state::ACK_THRESHOLD;
 use crate::target::{self, Target};
 
 /// How long a reconnect waits for the WebSocket that still holds its session to let go.
@@ -49,6 +54,13 @@ const TAKEOVER_WAIT: Duration = Duration::from_secs(5);
 const BACKEND_DRAIN_WAIT: Duration = Duration::from_secs(10);
 /// Pause after a failed `accept` (e.g. out of file descriptors) so the loop does not spin.
 const ACCEPT_BACKOFF: Duration = Duration::from_millis(100);
+/// After a WebSocket dropped without a close, how long the backend may take to close too for
+/// the session to count as complete rather than lost (see `finished_without_close`).
+const COMPLETE_WAIT: Duration = Duration::from_secs(1);
+/// Audit reason of a session that ended without a close after its backend closed.
+pub const COMPLETE_WITHOUT_CLOSE: &str = "complete; client left without a close";
+/// How often an attachment is checked for a stall (see `watch::Stall`).
+const STALL_CHECK_EVERY: Duration = Duration::from_secs(1);
 /// After the drain, how long closing the remaining tunnels may take.
 pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
 
@@ -406,6 +418,14 @@ struct Caller {
     asked: Asked,
     /// A new session's share of the memory budget (connects only).
     reservation: Option<Reservation>,
+    /// The client says it is gcloud, which never closes its WebSocket (see
+    /// `finished_without_close`).
+    is_gcloud: bool,
+}
+
+/// Whether a `User-Agent` is gcloud's (`gcloud/528.0.0 command/gcloud.compute.start-iap-tunnel …`).
+fn is_gcloud(user_agent: &str) -> bool {
+    user_agent.starts_with("gcloud/") || user_agent.contains("command/gcloud.")
 }
 
 /// The client's address: the peer, or the nearest untrusted address in `X-Forwarded-For`
@@ -649,6 +669,7 @@ async fn upgrade(
         client_cert,
         asked,
         reservation,
+        is_gcloud: head.user_agent.as_deref().is_some_and(is_gcloud),
     };
     match tokio_tungstenite::accept_hdr_async_with_config(
         Prefixed::new(bytes, stream),
@@ -984,6 +1005,7 @@ async fn connect(
         credential_expires: caller.identity.expires_at,
         authorized_until: until,
         decided_with: state.clone(),
+        is_gcloud: caller.is_gcloud,
     };
     drive(relay, state, ws, parked, &detach, Vec::new(), lease, cancel).await;
     true
@@ -1000,6 +1022,8 @@ struct Lease {
     /// The configuration the session was last decided with. A reload that lands between the
     /// decision and the session's registration would miss it, so `drive` checks again.
     decided_with: Arc<State>,
+    /// This attachment's client is gcloud.
+    is_gcloud: bool,
 }
 
 fn region_of(target: &Target) -> &str {
@@ -1105,6 +1129,7 @@ async fn reconnect(
         credential_expires: caller.identity.expires_at,
         authorized_until: until,
         decided_with: state.clone(),
+        is_gcloud: caller.is_gcloud,
     };
     drive(relay, state, ws, parked, &detach, resend, lease, cancel).await;
 }
@@ -1149,8 +1174,14 @@ async fn drive(
             .await
             .map(until_now)
     };
+    let mut recheck_at = deadline_of(&authorized_for);
     let mut revoked: Option<String> = None;
+    let flow = Flow::starting_at(parked.session.state.peer_acked());
+    let mut stall = Stall::new();
+    let mut stall_tick = tokio::time::interval(STALL_CHECK_EVERY);
+    stall_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let end = {
+        let ws = Watched::new(ws, flow.clone());
         let pump = pump::run(&mut parked.session, ws, attach);
         tokio::pin!(pump);
         let reauth = sleep_or_never(reauth);
@@ -1166,8 +1197,10 @@ async fn drive(
                 detach.request(close::NOT_AUTHORIZED);
                 asked = true;
             }
+            // A deadline, not a fresh sleep: other arms (the stall check every second) wake
+            // this loop, and a sleep made anew each time would never end.
             let recheck = match &authorized_for {
-                Ok(Some(left)) if !asked => Some(*left),
+                Ok(Some(_)) if !asked => recheck_at,
                 _ => None,
             };
             tokio::select! {
@@ -1180,14 +1213,20 @@ async fn drive(
                     detach.request(POLICY_VIOLATION);
                     asked = true;
                 }
+                _ = stall_tick.tick() => {
+                    if let Some(stalled) = stall.check(&flow, Instant::now()) {
+                        report_stall(relay, &parked.info, flow.unacked(), stalled);
+                    }
+                }
                 // The binding that allowed the session expires: decide again against the
                 // configuration in force (another binding may still allow it).
-                () = sleep_or_never(recheck), if recheck.is_some() => {
+                () = tokio::time::sleep_until(recheck.unwrap_or_else(tokio::time::Instant::now)), if recheck.is_some() => {
                     authorized_for = relay
                         .state()
                         .still_allowed(&lease.grant, &lease.credential, lease.grant.client_cert)
                         .await
                         .map(until_now);
+                    recheck_at = deadline_of(&authorized_for);
                 }
             }
         }
@@ -1195,7 +1234,15 @@ async fn drive(
     let sid = parked.info.sid.clone();
     let final_detach = matches!(end, PumpEnd::Detached { code } if code == close::NOT_AUTHORIZED || code == POLICY_VIOLATION);
     if end.resumable() && !final_detach && !cancel.is_cancelled() {
-        info!(sid = %sid, end = ?end, "connection lost; session parked for resume");
+        if matches!(end, PumpEnd::TransportLost(_))
+            && finished_without_close(&mut parked.session, lease.is_gcloud).await
+        {
+            relay.sessions.remove(&sid);
+            debug!(sid = %sid, end = ?end, unacked = parked.session.state.unacked(), "client left without a close after the backend closed");
+            relay.end_session(&parked, close::NORMAL, COMPLETE_WITHOUT_CLOSE, "complete");
+            return;
+        }
+        info!(sid = %sid, end = ?end, backend_closed = parked.session.input_ended(), unacked = parked.session.state.unacked(), "connection lost; session parked for resume");
         park(relay, state, parked);
         return;
     }
@@ -1226,6 +1273,86 @@ async fn drive(
         PumpEnd::Detached { code } => (*code, "detached during shutdown".to_owned(), "shutdown"),
     };
     relay.end_session(&parked, code, &detail, result);
+}
+
+/// Logs, audits and counts a session found stalled by [`Stall`].
+fn report_stall(relay: &Relay, info: &SessionInfo, unacked: u64, stalled: Duration) {
+    relay.metrics.stalled();
+    warn!(sid = %info.sid, principal = %info.principal, target = %info.target, unacked, stalled_secs = stalled.as_secs(), "client stopped acknowledging; the session cannot go on until it does");
+    let reason = format!(
+        "no ACK from the client for {} s with {unacked} bytes unacknowledged",
+        stalled.as_secs()
+    );
+    relay.audit.record(&Event {
+        event: "stall",
+        principal: Some(&info.principal),
+        target: Some(&info.target),
+        port: Some(info.port),
+        sid: Some(&info.sid),
+        reason: Some(&reason),
+        ..Event::default()
+    });
+}
+
+/// After a WebSocket dropped without a close: whether the session had in fact finished, so it
+/// ends now instead of waiting for a resume no one will ask for.
+///
+/// Any client: the backend closes within [`COMPLETE_WAIT`] (after the client's last bytes
+/// reached it) and the client had acknowledged every byte.
+///
+/// gcloud never sends a close: ssh ends its ProxyCommand with SIGHUP, and gcloud dies with
+/// its socket. Its last message to sshd dies with it, so sshd stays open, and gcloud holds
+/// back its last ACK (it acknowledges only beyond [`ACK_THRESHOLD`]). A gcloud session is
+/// therefore complete when it was idle at the drop: the client's last bytes reach the
+/// backend, the backend sends nothing for [`COMPLETE_WAIT`], and no more than
+/// [`ACK_THRESHOLD`] bytes are unacknowledged. A backend still sending means a transfer was
+/// cut: the session is parked for resume as before.
+async fn finished_without_close(session: &mut RelaySession, is_gcloud: bool) -> bool {
+    use crate::session::local::{LocalInput, LocalOutput};
+    let unacked = session.state.unacked();
+    if unacked > ACK_THRESHOLD || (unacked > 0 && !is_gcloud) {
+        return false;
+    }
+    let mut drained = false;
+    let waited = tokio::time::timeout(COMPLETE_WAIT, async {
+        if session.drain_output().await.is_err() {
+            return false;
+        }
+        drained = true;
+        if session.input_ended() {
+            return true;
+        }
+        if !session.state.can_send() {
+            return false;
+        }
+        match session.input.read_message().await {
+            Ok(None) => true,
+            Ok(Some(message)) => {
+                // Kept for the resume: the backend had more to say.
+                session.state.record_sent(message);
+                false
+            }
+            Err(_) => false,
+        }
+    })
+    .await;
+    let finished = match waited {
+        Ok(closed) => closed,
+        // The backend stayed open and silent: an idle session.
+        Err(_) => is_gcloud && drained,
+    };
+    if finished {
+        let _ = tokio::time::timeout(CLOSE_WAIT, LocalOutput::finish(&mut session.output)).await;
+    }
+    finished
+}
+
+/// When a session allowed for `left` must be decided again.
+fn deadline_of<E>(left: &Result<Option<Duration>, E>) -> Option<tokio::time::Instant> {
+    match left {
+        Ok(Some(left)) => Some(tokio::time::Instant::now() + *left),
+        _ => None,
+    }
 }
 
 async fn sleep_or_never(d: Option<Duration>) {

@@ -58,6 +58,7 @@ pub fn server_config(
     let key = PrivateKeyDer::from_pem_file(key)
         .with_context(|| format!("reading private key {}", key.display()))?;
     let provider = Arc::new(rustls::crypto::ring::default_provider());
+    refuse_ca_as_leaf(&chain, cert, &provider)?;
     let builder = rustls::ServerConfig::builder_with_provider(provider.clone())
         .with_safe_default_protocol_versions()
         .context("configuring TLS")?;
@@ -89,6 +90,54 @@ pub fn server_config(
         .context("the certificate and private key do not form a usable pair")?;
     config.alpn_protocols = vec![b"http/1.1".to_vec()];
     Ok(Arc::new(config))
+}
+
+/// What to do about a CA certificate used as the relay's own.
+pub const CA_AS_LEAF_FIX: &str = "use `iap-relay init` or a CA-signed leaf certificate";
+
+/// Whether a TLS error is webpki's `CaUsedAsEndEntity`: the peer's certificate is a CA
+/// certificate (basic constraints CA:TRUE), which is not valid as a server's own.
+pub fn is_ca_used_as_end_entity(e: &rustls::Error) -> bool {
+    // rustls passes this webpki error on as an opaque `Other`; its name is the only handle.
+    format!("{e:?}").contains("CaUsedAsEndEntity")
+}
+
+/// rustls does not check the server's own certificate; clients do, and every one of them
+/// refuses a CA certificate used as the server's (what `openssl req -x509` makes by default).
+/// Checked here, so the relay refuses to start instead of failing every handshake.
+fn refuse_ca_as_leaf(
+    chain: &[CertificateDer<'static>],
+    path: &Path,
+    provider: &Arc<rustls::crypto::CryptoProvider>,
+) -> anyhow::Result<()> {
+    use rustls::client::danger::ServerCertVerifier;
+    let Some(leaf) = chain.first() else {
+        return Ok(());
+    };
+    // The certificate as its own trust anchor: webpki checks the end entity's basic
+    // constraints before it looks for an issuer, so only that check can fail here.
+    let mut roots = RootCertStore::empty();
+    if roots.add(leaf.clone()).is_err() {
+        return Ok(());
+    }
+    let Ok(verifier) = rustls::client::WebPkiServerVerifier::builder_with_provider(
+        Arc::new(roots),
+        provider.clone(),
+    )
+    .build() else {
+        return Ok(());
+    };
+    let Ok(name) = rustls_pki_types::ServerName::try_from("localhost") else {
+        return Ok(());
+    };
+    let rest = chain.get(1..).unwrap_or_default();
+    match verifier.verify_server_cert(leaf, rest, &name, &[], rustls_pki_types::UnixTime::now()) {
+        Err(e) if is_ca_used_as_end_entity(&e) => bail!(
+            "certificate {} is a CA certificate (CA:TRUE), which clients refuse as a server certificate (CaUsedAsEndEntity; the usual `openssl req -x509` one-liner makes one): {CA_AS_LEAF_FIX}",
+            path.display()
+        ),
+        _ => Ok(()),
+    }
 }
 
 /// Whether the client presented a certificate. With a client CA configured, rustls has already

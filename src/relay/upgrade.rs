@@ -27,6 +27,8 @@ pub struct Head {
     pub authorization: Option<String>,
     /// The `X-Forwarded-For` header, if present.
     pub forwarded_for: Option<String>,
+    /// The `User-Agent` header, if present (only to recognise clients with known quirks).
+    pub user_agent: Option<String>,
 }
 
 /// Why a request head could not be read.
@@ -77,6 +79,7 @@ pub async fn read_head<S: AsyncRead + Unpin>(
                     query: query.to_owned(),
                     authorization: header("authorization"),
                     forwarded_for: (!forwarded.is_empty()).then(|| forwarded.join(", ")),
+                    user_agent: header("user-agent"),
                 };
                 return Ok((head, buf));
             }

@@ -207,6 +207,11 @@ impl<I, O: LocalOutput> Session<I, O> {
         }
     }
 
+    /// Whether local input has ended (the backend, for a relay, closed its side).
+    pub fn input_ended(&self) -> bool {
+        self.input_done
+    }
+
     /// Writes out whatever received bytes are still queued for the local side.
     ///
     /// # Errors
