@@ -10,7 +10,6 @@ use std::time::Duration;
 use super::config::RelayConfig;
 use super::http::HttpClient;
 use super::jwt::JwtVerifier;
-use super::tokeninfo::TokenInfo;
 
 /// Every problem with the files and services `config` names, one sentence each.
 pub async fn problems(config: &RelayConfig, online: bool) -> Vec<String> {
@@ -41,11 +40,8 @@ pub async fn problems(config: &RelayConfig, online: bool) -> Vec<String> {
             }
         }
     }
-    if let (Some(t), Some(http)) = (&config.tokeninfo, &http)
-        && let Err(e) = TokenInfo::new(t, http.clone())
-    {
-        problems.push(format!("[tokeninfo]: {e:#}"));
-    }
+    // [tokeninfo] (URL, client ids, scopes) is checked when the file is parsed; building the
+    // checker here again would report the same problem twice.
     if let Some(path) = &config.audit_log
         && let Some(problem) = audit_log_problem(path)
     {
