@@ -18,7 +18,7 @@ use std::net::{SocketAddr, TcpListener as StdListener};
 use std::path::Path;
 use std::process::{Command, Stdio};
 use std::thread;
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant, SystemTime};
 
 use common::*;
 use futures_util::{SinkExt, StreamExt};
@@ -189,28 +189,7 @@ fn q(s: &str) -> String {
 
 /// A TOML offset date-time (UTC) `secs` from now.
 fn toml_time_in(secs: u64) -> String {
-    let t = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .unwrap()
-        .as_secs()
-        + secs;
-    let (days, rem) = ((t / 86_400) as i64, t % 86_400);
-    // Civil date from days since 1970-01-01 (Howard Hinnant's algorithm).
-    let z = days + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z - era * 146_097;
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let day = doy - (153 * mp + 2) / 5 + 1;
-    let month = if mp < 10 { mp + 3 } else { mp - 9 };
-    let year = yoe + era * 400 + i64::from(month <= 2);
-    format!(
-        "{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}Z",
-        rem / 3600,
-        rem % 3600 / 60,
-        rem % 60
-    )
+    iap_ssh::relay::audit::rfc3339(SystemTime::now() + Duration::from_secs(secs))
 }
 
 /// Raises this process's open-file limit as far as allowed (the relay inherits it).

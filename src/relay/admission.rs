@@ -9,18 +9,13 @@ use std::net::IpAddr;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 
-/// The address a per-address limit counts: IPv4 as is, IPv6 by its /64 (one subscriber
-/// usually holds a whole /64, so counting single addresses would limit nothing).
-fn address_key(ip: IpAddr) -> IpAddr {
-    match ip {
-        IpAddr::V4(_) => ip,
-        IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
-            Some(v4) => IpAddr::V4(v4),
-            None => {
-                let bits = u128::from(v6) & !((1u128 << 64) - 1);
-                IpAddr::V6(bits.into())
-            }
-        },
+/// The address a per-address limit counts: IPv4 (also when IPv4-mapped) as is, IPv6 by its
+/// /64 (one subscriber usually holds a whole /64, so counting single addresses would limit
+/// nothing). Every per-address limit of the relay counts by this key.
+pub fn address_key(ip: IpAddr) -> IpAddr {
+    match ip.to_canonical() {
+        IpAddr::V6(v6) => IpAddr::V6((u128::from(v6) & !((1u128 << 64) - 1)).into()),
+        v4 => v4,
     }
 }
 

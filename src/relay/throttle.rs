@@ -5,7 +5,7 @@
 //! at most until buckets refill.
 
 use std::collections::HashMap;
-use std::net::{IpAddr, Ipv6Addr};
+use std::net::IpAddr;
 use std::time::Instant;
 
 /// How much one address may do: `burst` at once, then `per_sec` on average.
@@ -38,17 +38,6 @@ pub struct PerSource {
     buckets: HashMap<IpAddr, Bucket>,
 }
 
-/// The key an address is counted under.
-fn source_of(addr: IpAddr) -> IpAddr {
-    match addr.to_canonical() {
-        IpAddr::V6(v6) => {
-            let bits = u128::from(v6) & !((1u128 << 64) - 1);
-            IpAddr::V6(Ipv6Addr::from(bits))
-        }
-        v4 => v4,
-    }
-}
-
 impl PerSource {
     /// An empty table.
     pub fn new(rate: Rate, max_sources: usize) -> PerSource {
@@ -61,7 +50,7 @@ impl PerSource {
 
     /// Takes one token for `addr` at `now`; `false` when it has none left.
     pub fn allow(&mut self, addr: IpAddr, now: Instant) -> bool {
-        let key = source_of(addr);
+        let key = super::admission::address_key(addr);
         let rate = self.rate;
         if !self.buckets.contains_key(&key) && self.buckets.len() >= self.max_sources {
             // A full bucket holds nothing a fresh one would not.
