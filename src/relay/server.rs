@@ -272,14 +272,7 @@ impl Relay {
         let info = &parked.info;
         let (from, to) = (parked.session.state.received(), parked.session.state.sent());
         self.metrics.session_closed(result, from, to);
-        if let Ok(mut counts) = self.per_principal.lock()
-            && let Some(n) = counts.get_mut(&info.principal)
-        {
-            *n = n.saturating_sub(1);
-            if *n == 0 {
-                counts.remove(&info.principal);
-            }
-        }
+        release_principal(self, &info.principal);
         let duration = info.started.elapsed().as_millis() as u64;
         info!(principal = %info.principal, target = %info.target, sid = %info.sid, code, detail = %detail, resumes = info.resumes, bytes_from_client = from, bytes_to_client = to, duration_ms = duration, "close");
         self.audit.record(&Event {
