@@ -30,8 +30,9 @@ use std::time::{Duration, Instant};
 
 use futures_util::StreamExt;
 use iap_ssh::client::auth::Token;
-use iap_ssh::client::dial::{Dialer, Endpoint, tls_config};
+use iap_ssh::client::dial::{Dialer, Endpoint};
 use iap_ssh::frame::Frame;
+use iap_ssh::wire::tls_config;
 use tokio::io::AsyncReadExt;
 use tokio::sync::Semaphore;
 use tokio_tungstenite::tungstenite::Message;

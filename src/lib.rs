@@ -8,6 +8,7 @@
 //! - [`close`]: close codes, reason texts, exit statuses, user messages.
 //! - [`target`]: destinations, HOST parsing, connect/reconnect query strings.
 //! - [`session::state`]: byte counts, the resend buffer, when to ACK, resume arithmetic.
+//! - [`wire`]: what both ends share: the subprotocol, WebSocket limits, TLS client settings.
 //!
 //! I/O:
 //! - [`session::pump`]: joins a local byte stream and a WebSocket, driven by the state.
@@ -25,3 +26,4 @@ pub mod relay;
 pub mod session;
 pub mod signals;
 pub mod target;
+pub mod wire;

@@ -853,7 +853,7 @@ fn haproxy_replaces_a_forwarded_for_header_sent_by_the_client() {
         use futures_util::StreamExt;
         use tokio_tungstenite::tungstenite::Message;
         use tokio_tungstenite::tungstenite::client::IntoClientRequest;
-        let tls = iap_ssh::client::dial::tls_config(Some(&fleet.pki.ca_pem)).expect("tls");
+        let tls = iap_ssh::wire::tls_config(Some(&fleet.pki.ca_pem)).expect("tls");
         let tcp = tokio::net::TcpStream::connect(fleet.addr)
             .await
             .expect("tcp");

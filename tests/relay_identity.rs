@@ -23,8 +23,9 @@ use std::time::{Duration, Instant};
 use common::*;
 use futures_util::StreamExt;
 use iap_ssh::client::auth::Token;
-use iap_ssh::client::dial::{Dialer, Endpoint, SUBPROTOCOL, tls_config};
+use iap_ssh::client::dial::{Dialer, Endpoint};
 use iap_ssh::frame::Frame;
+use iap_ssh::wire::{SUBPROTOCOL, tls_config};
 use idp::{
     AUDIENCE, CLIENT_ID, CLOUD_PLATFORM, ISSUER, Signer, claims, jwt, now, signer,
     tokeninfo_answer, tokeninfo_server, tokeninfo_toml,

@@ -18,8 +18,9 @@ use std::time::{Duration, Instant};
 use common::*;
 use futures_util::{SinkExt, StreamExt};
 use iap_ssh::client::auth::Token;
-use iap_ssh::client::dial::{Dialer, Endpoint, tls_config};
+use iap_ssh::client::dial::{Dialer, Endpoint};
 use iap_ssh::frame::Frame;
+use iap_ssh::wire::tls_config;
 use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 

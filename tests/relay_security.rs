@@ -23,9 +23,10 @@ use base64::Engine;
 use common::*;
 use futures_util::{SinkExt, StreamExt};
 use iap_ssh::client::auth::Token;
-use iap_ssh::client::dial::{Dialer, Endpoint, tls_config};
+use iap_ssh::client::dial::{Dialer, Endpoint};
 use iap_ssh::close::ExitKind;
 use iap_ssh::frame::Frame;
+use iap_ssh::wire::tls_config;
 use idp::{
     AUDIENCE, ISSUER, Signer, b64, claims, jwt, now, signer, tokeninfo_endpoint, tokeninfo_toml,
 };

@@ -25,8 +25,9 @@ use std::time::{Duration, Instant};
 use common::*;
 use futures_util::{SinkExt, StreamExt};
 use iap_ssh::client::auth::Token;
-use iap_ssh::client::dial::{Dialer, Endpoint, RelaySocket, tls_config};
+use iap_ssh::client::dial::{Dialer, Endpoint, RelaySocket};
 use iap_ssh::frame::Frame;
+use iap_ssh::wire::tls_config;
 use tokio_tungstenite::tungstenite::Message;
 
 const TOKEN: &str = "session-end-test-token-0123";

@@ -429,7 +429,8 @@ fn hijack_attempt_is_refused_and_owner_unaffected() {
         rt.block_on(async {
             use futures_util::StreamExt;
             use iap_ssh::client::auth::Token;
-            use iap_ssh::client::dial::{Dialer, Endpoint, tls_config};
+            use iap_ssh::client::dial::{Dialer, Endpoint};
+            use iap_ssh::wire::tls_config;
             let dialer = Dialer {
                 endpoint: Endpoint::parse(&rig.relay.url).unwrap(),
                 tls: tls_config(Some(rig.relay.ca_pem())).unwrap(),

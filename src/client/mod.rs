@@ -18,11 +18,12 @@ pub mod user_config;
 use std::path::{Path, PathBuf};
 
 use crate::close::ExitKind;
+use crate::wire::{self, ClientIdentity};
 use adc::{Library, TokenInfo};
 use auth::Credentials;
 use cache::TokenCache;
 use config::{Fallback, GcloudProperties, TargetArgs};
-use dial::{ClientIdentity, Dialer, Endpoint};
+use dial::{Dialer, Endpoint};
 use gcloud::GcloudRunner;
 use proxy::Proxy;
 use tokio_tungstenite::tungstenite::http::HeaderValue;
@@ -337,7 +338,7 @@ impl Options {
             .chain(gcloud_ca.as_deref())
             .collect();
         let tls =
-            dial::tls_config_with_client(&ca_files, client).map_err(|e| usage(format!("{e:#}")))?;
+            wire::tls_config_with_client(&ca_files, client).map_err(|e| usage(format!("{e:#}")))?;
         let gcloud_proxy = gcloud_props.proxy_url().map_err(usage)?;
         let proxy = Proxy::select_with_gcloud(
             self.proxy.as_deref(),

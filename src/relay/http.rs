@@ -37,7 +37,7 @@ impl HttpClient {
     /// # Errors
     /// When the CA file cannot be used.
     pub fn new(ca_file: Option<&Path>, timeout: Duration) -> anyhow::Result<HttpClient> {
-        let tls = crate::client::dial::tls_config(ca_file)?;
+        let tls = crate::wire::tls_config(ca_file)?;
         let mut tls = (*tls).clone();
         tls.alpn_protocols.clear();
         let connector = hyper_rustls::HttpsConnectorBuilder::new()

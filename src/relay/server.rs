@@ -38,7 +38,6 @@ use super::sessions::{Grant, Parked, Registry, SessionInfo, Standing};
 use super::tokeninfo::TokenInfo;
 use super::upgrade::{self, HeadError, Prefixed};
 use super::watch::{Flow, Stall, Watched};
-use crate::client::dial::{SUBPROTOCOL, websocket_config};
 use crate::close;
 use crate::frame::Frame;
 use crate::session::local::{TcpInput, TcpOutput};
@@ -47,6 +46,7 @@ use crate::session::pump::{
 };
 use crate::session::state::ACK_THRESHOLD;
 use crate::target::{self, Target};
+use crate::wire::{SUBPROTOCOL, websocket_config};
 
 /// How long a reconnect waits for the WebSocket that still holds its session to let go.
 const TAKEOVER_WAIT: Duration = Duration::from_secs(5);

@@ -1,0 +1,147 @@
+//! What both ends of a tunnel share on the wire: the WebSocket subprotocol, the WebSocket
+//! limits, and the TLS client settings (the relay dials token-info and JWKS endpoints with
+//! the same verified roots the client uses).
+
+use std::path::Path;
+use std::sync::Arc;
+
+use anyhow::{Context, bail};
+use rustls::RootCertStore;
+use rustls_pki_types::pem::PemObject;
+use rustls_pki_types::{CertificateDer, PrivateKeyDer};
+use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
+
+use crate::frame::MAX_MESSAGE_LEN;
+
+/// The WebSocket subprotocol of the IAP relay.
+pub const SUBPROTOCOL: &str = "relay.tunnel.cloudproxy.app";
+
+/// A client certificate for mutual TLS: PEM chain and PEM private key.
+#[derive(Clone, Copy, Debug)]
+pub struct ClientIdentity<'a> {
+    /// `--client-cert`: the certificate chain, leaf first.
+    pub cert: &'a Path,
+    /// `--client-key`: its private key.
+    pub key: &'a Path,
+}
+
+/// The TLS settings for talking to relays: system roots plus `ca_file`, ring crypto, HTTP/1.1.
+///
+/// # Errors
+/// When `ca_file` cannot be read or holds no certificate, or no trusted root is found at all.
+pub fn tls_config(ca_file: Option<&Path>) -> anyhow::Result<Arc<rustls::ClientConfig>> {
+    tls_config_with_client(ca_file.as_slice(), None)
+}
+
+/// [`tls_config`] presenting a client certificate when `client` is given (mutual TLS).
+///
+/// # Errors
+/// As [`tls_config`], and when the client certificate and key cannot be read or do not match.
+pub fn tls_config_with_client(
+    ca_files: &[&Path],
+    client: Option<ClientIdentity<'_>>,
+) -> anyhow::Result<Arc<rustls::ClientConfig>> {
+    let mut roots = RootCertStore::empty();
+    // The platform's roots (honours SSL_CERT_FILE / SSL_CERT_DIR); unreadable entries are
+    // skipped, as browsers do.
+    let native = rustls_native_certs::load_native_certs();
+    roots.add_parsable_certificates(native.certs);
+    for &path in ca_files {
+        let mut added = 0;
+        for cert in CertificateDer::pem_file_iter(path)
+            .with_context(|| format!("reading CA file {}", path.display()))?
+        {
+            let cert = cert.with_context(|| format!("parsing CA file {}", path.display()))?;
+            roots.add(cert).with_context(|| {
+                format!("CA file {} holds an unusable certificate", path.display())
+            })?;
+            added += 1;
+        }
+        if added == 0 {
+            bail!("CA file {} holds no PEM certificate", path.display());
+        }
+    }
+    if roots.is_empty() {
+        bail!("no trusted root certificates found: install ca-certificates or pass --ca-file");
+    }
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let builder = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .context("configuring TLS")?
+        .with_root_certificates(roots);
+    let mut config = match client {
+        None => builder.with_no_client_auth(),
+        Some(id) => {
+            let chain = CertificateDer::pem_file_iter(id.cert)
+                .with_context(|| format!("reading client certificate {}", id.cert.display()))?
+                .collect::<Result<Vec<_>, _>>()
+                .with_context(|| format!("parsing client certificate {}", id.cert.display()))?;
+            if chain.is_empty() {
+                bail!(
+                    "client certificate file {} holds no PEM certificate",
+                    id.cert.display()
+                );
+            }
+            let key = PrivateKeyDer::from_pem_file(id.key).with_context(|| {
+                format!(
+                    "reading client key {} (expected a PEM private key)",
+                    id.key.display()
+                )
+            })?;
+            builder.with_client_auth_cert(chain, key).with_context(|| {
+                format!(
+                    "client certificate {} and key {} do not form a usable pair",
+                    id.cert.display(),
+                    id.key.display()
+                )
+            })?
+        }
+    };
+    config.alpn_protocols = vec![b"http/1.1".to_vec()];
+    Ok(Arc::new(config))
+}
+
+/// WebSocket limits for relay traffic: one relay message per WebSocket message, 16 KiB
+/// payloads, so anything much larger is refused before it is buffered.
+///
+/// The read buffer is one message long: tungstenite zero-fills its whole read buffer before
+/// every read, so its 128 KiB default cost most of the CPU on the data path (memset) and
+/// 128 KiB of memory per idle tunnel in the relay (profile in BENCHMARKS.md).
+///
+/// The write buffer is bounded too. A peer that sends pings and never reads makes tungstenite
+/// queue a pong for every ping; with no bound, each queued pong stayed in the write buffer and
+/// one such peer grew the other side by about 115 MiB/s. With a bound, pongs that do not fit
+/// are coalesced into the one pending pong, so such a peer costs at most
+/// [`WS_MAX_WRITE_BUFFER`] per connection. Our own DATA never reaches the bound: the pump
+/// sends only after a flush, so at most [`WS_WRITE_BUFFER`] plus one message is queued.
+pub fn websocket_config() -> WebSocketConfig {
+    WebSocketConfig::default()
+        .read_buffer_size(MAX_MESSAGE_LEN + 1024)
+        .max_message_size(Some(MAX_MESSAGE_LEN + 1024))
+        .max_frame_size(Some(MAX_MESSAGE_LEN + 1024))
+        .write_buffer_size(WS_WRITE_BUFFER)
+        .max_write_buffer_size(WS_MAX_WRITE_BUFFER)
+}
+
+/// Bytes tungstenite collects before writing to the socket (its default).
+pub const WS_WRITE_BUFFER: usize = 128 * 1024;
+/// The most a WebSocket's write buffer may hold: the collecting buffer, one message, and
+/// room for control frames (pongs, the close) while the peer is not reading.
+pub const WS_MAX_WRITE_BUFFER: usize = WS_WRITE_BUFFER + 4 * (MAX_MESSAGE_LEN + 1024);
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ca_file_errors_name_the_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let empty = dir.path().join("empty.pem");
+        std::fs::write(&empty, "nothing here").unwrap();
+        let err = format!("{:#}", tls_config(Some(&empty)).unwrap_err());
+        assert!(err.contains("holds no PEM certificate"), "{err}");
+        let missing = dir.path().join("missing.pem");
+        let err = format!("{:#}", tls_config(Some(&missing)).unwrap_err());
+        assert!(err.contains("reading CA file"), "{err}");
+    }
+}
