@@ -35,9 +35,22 @@ impl ExitKind {
 
 /// Normal closure.
 pub const NORMAL: u16 = 1000;
+/// The sender is going away: `iap-relay` shutting down.
+pub const GOING_AWAY: u16 = 1001;
+/// The peer broke the protocol: a client closing on a relay that sent a malformed message.
+pub const PROTOCOL_ERROR: u16 = 1002;
+/// The peer sent a kind of message we do not take: a client closing on a text message.
+pub const UNSUPPORTED_DATA: u16 = 1003;
+/// The code a WebSocket reports for a close frame without a status code (RFC 6455 §7.1.5).
+/// Reported locally; it never travels on the wire.
+pub const NO_STATUS: u16 = 1005;
 /// The connection dropped without a close frame. WebSocket libraries report
 /// this locally; it never travels on the wire.
 pub const ABNORMAL_CLOSURE: u16 = 1006;
+/// A limit of the relay ended the session (idle timeout, maximum session length).
+pub const POLICY_VIOLATION: u16 = 1008;
+/// The server failed. `iap-relay` does not send it; a relay's front end may.
+pub const INTERNAL_ERROR: u16 = 1011;
 /// The relay failed for a reason it does not name.
 pub const ERROR_UNKNOWN: u16 = 4000;
 /// A reconnect named a session id the relay does not know.
@@ -73,37 +86,191 @@ pub const LOOKUP_FAILED_RECONNECT: u16 = 4051;
 /// The relay cannot resume from the position the client asked for.
 pub const FAILED_TO_REWIND: u16 = 4074;
 
+/// Reason `iap-relay` gives with [`GOING_AWAY`] when it shuts down.
+pub const REASON_SHUTTING_DOWN: &str = "shutting down";
+/// Reason `iap-relay` gives with [`POLICY_VIOLATION`] when a session carried no data for its
+/// idle timeout.
+pub const REASON_IDLE_TIMEOUT: &str = "idle timeout";
+
+/// Which end of a session puts a close code on the wire.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum SentBy {
+    /// `iap-ssh` (or gcloud).
+    Client,
+    /// A relay: Google's or `iap-relay`.
+    Relay,
+    /// Either end.
+    Both,
+    /// Neither: a WebSocket library reports it locally.
+    Local,
+}
+
+/// One row of [`CODES`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct KnownCode {
+    /// The close code.
+    pub code: u16,
+    /// Its name (IAP Desktop's for the 4000 range, RFC 6455's below).
+    pub name: &'static str,
+    /// Which end sends it.
+    pub sent_by: SentBy,
+    /// The reason text sent with it, as [`reason_text`] returns it; empty where the reason
+    /// depends on the case ([`REASON_SHUTTING_DOWN`], [`REASON_IDLE_TIMEOUT`]) or is none.
+    pub reason: &'static str,
+}
+
+const fn row(code: u16, name: &'static str, sent_by: SentBy, reason: &'static str) -> KnownCode {
+    KnownCode {
+        code,
+        name,
+        sent_by,
+        reason,
+    }
+}
+
+/// Every close code either end sends or receives, with its name, sender and reason text.
+///
+/// Where Google's relay is known to send a text (4003, 4010, 4033, 4047) the reason is that
+/// text, byte for byte, so that `iap-relay` looks the same to clients and to people searching
+/// for the error. Other codes of the 4000 range get a short lowercase phrase of our own.
+pub const CODES: &[KnownCode] = &[
+    row(NORMAL, "NORMAL", SentBy::Both, "normal closure"),
+    row(GOING_AWAY, "GOING_AWAY", SentBy::Relay, ""),
+    row(PROTOCOL_ERROR, "PROTOCOL_ERROR", SentBy::Client, ""),
+    row(UNSUPPORTED_DATA, "UNSUPPORTED_DATA", SentBy::Client, ""),
+    row(NO_STATUS, "NO_STATUS", SentBy::Local, ""),
+    row(
+        ABNORMAL_CLOSURE,
+        "ABNORMAL_CLOSURE",
+        SentBy::Local,
+        "connection dropped",
+    ),
+    row(POLICY_VIOLATION, "POLICY_VIOLATION", SentBy::Relay, ""),
+    row(INTERNAL_ERROR, "INTERNAL_ERROR", SentBy::Relay, ""),
+    row(
+        ERROR_UNKNOWN,
+        "ERROR_UNKNOWN",
+        SentBy::Relay,
+        "unknown error",
+    ),
+    row(
+        SID_UNKNOWN,
+        "SID_UNKNOWN",
+        SentBy::Relay,
+        "unknown session id",
+    ),
+    row(SID_IN_USE, "SID_IN_USE", SentBy::Relay, "session id in use"),
+    row(
+        FAILED_TO_CONNECT_TO_BACKEND,
+        "FAILED_TO_CONNECT_TO_BACKEND",
+        SentBy::Relay,
+        "failed to connect to backend",
+    ),
+    row(
+        REAUTHENTICATION_REQUIRED,
+        "REAUTHENTICATION_REQUIRED",
+        SentBy::Relay,
+        "reauthentication required",
+    ),
+    row(BAD_ACK, "BAD_ACK", SentBy::Relay, "bad ack"),
+    row(INVALID_ACK, "INVALID_ACK", SentBy::Relay, "invalid ack"),
+    row(
+        INVALID_WEBSOCKET_OPCODE,
+        "INVALID_WEBSOCKET_OPCODE",
+        SentBy::Relay,
+        "invalid websocket opcode",
+    ),
+    row(INVALID_TAG, "INVALID_TAG", SentBy::Relay, "invalid tag"),
+    row(
+        DESTINATION_WRITE_FAILED,
+        "DESTINATION_WRITE_FAILED",
+        SentBy::Relay,
+        "destination write failed",
+    ),
+    row(
+        DESTINATION_READ_FAILED,
+        "DESTINATION_READ_FAILED",
+        SentBy::Relay,
+        "destination read failed",
+    ),
+    row(INVALID_DATA, "INVALID_DATA", SentBy::Relay, "invalid data"),
+    row(
+        NOT_AUTHORIZED,
+        "NOT_AUTHORIZED",
+        SentBy::Relay,
+        "not authorized",
+    ),
+    // Capitalised on purpose: this is the text Google's relay sends.
+    row(
+        LOOKUP_FAILED,
+        "LOOKUP_FAILED",
+        SentBy::Relay,
+        "Failed to lookup instance",
+    ),
+    row(
+        LOOKUP_FAILED_RECONNECT,
+        "LOOKUP_FAILED_RECONNECT",
+        SentBy::Relay,
+        "failed to lookup instance on reconnect",
+    ),
+    row(
+        FAILED_TO_REWIND,
+        "FAILED_TO_REWIND",
+        SentBy::Relay,
+        "failed to rewind",
+    ),
+];
+
 /// Longest relay reason, in characters, that goes into a user message.
 pub const MAX_REASON_CHARS: usize = 200;
 
-/// The reason text a relay puts in the close frame for `code`.
-///
-/// Where Google's relay is known to send a text (4003, 4010, 4033, 4047) this
-/// is that text, byte for byte, so that `iap-relay` looks the same to clients
-/// and to people searching for the error. Other known codes get a short
-/// lowercase phrase of our own; unknown codes get an empty string.
+/// The row of [`CODES`] for `code`, if it is one we know.
+pub fn known(code: u16) -> Option<&'static KnownCode> {
+    CODES.iter().find(|known| known.code == code)
+}
+
+/// The reason text we put in the close frame for `code` (see [`CODES`]); unknown codes, and
+/// codes whose reason depends on the case, get an empty string.
 pub fn reason_text(code: u16) -> &'static str {
-    match code {
-        NORMAL => "normal closure",
-        ABNORMAL_CLOSURE => "connection dropped",
-        ERROR_UNKNOWN => "unknown error",
-        SID_UNKNOWN => "unknown session id",
-        SID_IN_USE => "session id in use",
-        FAILED_TO_CONNECT_TO_BACKEND => "failed to connect to backend",
-        REAUTHENTICATION_REQUIRED => "reauthentication required",
-        BAD_ACK => "bad ack",
-        INVALID_ACK => "invalid ack",
-        INVALID_WEBSOCKET_OPCODE => "invalid websocket opcode",
-        INVALID_TAG => "invalid tag",
-        DESTINATION_WRITE_FAILED => "destination write failed",
-        DESTINATION_READ_FAILED => "destination read failed",
-        INVALID_DATA => "invalid data",
-        NOT_AUTHORIZED => "not authorized",
-        // Capitalised on purpose: this is the text Google's relay sends.
-        LOOKUP_FAILED => "Failed to lookup instance",
-        LOOKUP_FAILED_RECONNECT => "failed to lookup instance on reconnect",
-        FAILED_TO_REWIND => "failed to rewind",
-        _ => "",
+    known(code).map_or("", |known| known.reason)
+}
+
+#[cfg(test)]
+mod table_tests {
+    use super::*;
+
+    #[test]
+    fn the_table_has_each_code_once_with_a_name_and_a_reason_that_fits() {
+        // Sorted by code, so each code appears once and a reader finds it.
+        assert!(CODES.windows(2).all(|w| w[0].code < w[1].code));
+        for known in CODES {
+            assert!(!known.name.is_empty(), "{known:?}");
+            // A close frame's reason must fit in 123 bytes.
+            assert!(known.reason.len() <= 123, "{known:?}");
+            assert_eq!(reason_text(known.code), known.reason);
+        }
+        let names: Vec<(u16, &str)> = CODES.iter().map(|k| (k.code, k.name)).collect();
+        assert_eq!(names.len(), 24);
+        assert_eq!(
+            names[..8],
+            [
+                (1000, "NORMAL"),
+                (1001, "GOING_AWAY"),
+                (1002, "PROTOCOL_ERROR"),
+                (1003, "UNSUPPORTED_DATA"),
+                (1005, "NO_STATUS"),
+                (1006, "ABNORMAL_CLOSURE"),
+                (1008, "POLICY_VIOLATION"),
+                (1011, "INTERNAL_ERROR"),
+            ]
+        );
+        assert!(
+            names[8..]
+                .iter()
+                .all(|(code, _)| (4000..5000).contains(code))
+        );
+        assert_eq!(known(4080), None);
+        assert_eq!(reason_text(4080), "");
     }
 }
 

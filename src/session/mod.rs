@@ -1,6 +1,10 @@
-//! The relay protocol's session: byte accounting ([`state`]), local ends ([`local`]) and the
-//! loop that joins them to a WebSocket ([`pump`]). Shared by client and relay.
+//! The relay protocol's session: byte accounting ([`state`]), one WebSocket attachment's
+//! decisions ([`attach`]), local ends ([`local`]) and the loop that joins them to a WebSocket
+//! ([`pump`]). Shared by client and relay.
 
+pub mod attach;
+mod inbound;
+mod liveness;
 pub mod local;
 pub mod pump;
 pub mod state;
