@@ -119,13 +119,16 @@ pub struct KnownCode {
     pub reason: &'static str,
 }
 
-const fn row(code: u16, name: &'static str, sent_by: SentBy, reason: &'static str) -> KnownCode {
-    KnownCode {
-        code,
-        name,
-        sent_by,
-        reason,
-    }
+/// A row of [`CODES`], named after its constant.
+macro_rules! row {
+    ($code:ident, $sent_by:ident, $reason:expr) => {
+        KnownCode {
+            code: $code,
+            name: stringify!($code),
+            sent_by: SentBy::$sent_by,
+            reason: $reason,
+        }
+    };
 }
 
 /// Every close code either end sends or receives, with its name, sender and reason text.
@@ -133,92 +136,33 @@ const fn row(code: u16, name: &'static str, sent_by: SentBy, reason: &'static st
 /// Where Google's relay is known to send a text (4003, 4010, 4033, 4047) the reason is that
 /// text, byte for byte, so that `iap-relay` looks the same to clients and to people searching
 /// for the error. Other codes of the 4000 range get a short lowercase phrase of our own.
+#[rustfmt::skip] // one row per line, so it reads as a table
 pub const CODES: &[KnownCode] = &[
-    row(NORMAL, "NORMAL", SentBy::Both, "normal closure"),
-    row(GOING_AWAY, "GOING_AWAY", SentBy::Relay, ""),
-    row(PROTOCOL_ERROR, "PROTOCOL_ERROR", SentBy::Client, ""),
-    row(UNSUPPORTED_DATA, "UNSUPPORTED_DATA", SentBy::Client, ""),
-    row(NO_STATUS, "NO_STATUS", SentBy::Local, ""),
-    row(
-        ABNORMAL_CLOSURE,
-        "ABNORMAL_CLOSURE",
-        SentBy::Local,
-        "connection dropped",
-    ),
-    row(POLICY_VIOLATION, "POLICY_VIOLATION", SentBy::Relay, ""),
-    row(INTERNAL_ERROR, "INTERNAL_ERROR", SentBy::Relay, ""),
-    row(
-        ERROR_UNKNOWN,
-        "ERROR_UNKNOWN",
-        SentBy::Relay,
-        "unknown error",
-    ),
-    row(
-        SID_UNKNOWN,
-        "SID_UNKNOWN",
-        SentBy::Relay,
-        "unknown session id",
-    ),
-    row(SID_IN_USE, "SID_IN_USE", SentBy::Relay, "session id in use"),
-    row(
-        FAILED_TO_CONNECT_TO_BACKEND,
-        "FAILED_TO_CONNECT_TO_BACKEND",
-        SentBy::Relay,
-        "failed to connect to backend",
-    ),
-    row(
-        REAUTHENTICATION_REQUIRED,
-        "REAUTHENTICATION_REQUIRED",
-        SentBy::Relay,
-        "reauthentication required",
-    ),
-    row(BAD_ACK, "BAD_ACK", SentBy::Relay, "bad ack"),
-    row(INVALID_ACK, "INVALID_ACK", SentBy::Relay, "invalid ack"),
-    row(
-        INVALID_WEBSOCKET_OPCODE,
-        "INVALID_WEBSOCKET_OPCODE",
-        SentBy::Relay,
-        "invalid websocket opcode",
-    ),
-    row(INVALID_TAG, "INVALID_TAG", SentBy::Relay, "invalid tag"),
-    row(
-        DESTINATION_WRITE_FAILED,
-        "DESTINATION_WRITE_FAILED",
-        SentBy::Relay,
-        "destination write failed",
-    ),
-    row(
-        DESTINATION_READ_FAILED,
-        "DESTINATION_READ_FAILED",
-        SentBy::Relay,
-        "destination read failed",
-    ),
-    row(INVALID_DATA, "INVALID_DATA", SentBy::Relay, "invalid data"),
-    row(
-        NOT_AUTHORIZED,
-        "NOT_AUTHORIZED",
-        SentBy::Relay,
-        "not authorized",
-    ),
+    row!(NORMAL,                       Both,   "normal closure"),
+    row!(GOING_AWAY,                   Relay,  ""),
+    row!(PROTOCOL_ERROR,               Client, ""),
+    row!(UNSUPPORTED_DATA,             Client, ""),
+    row!(NO_STATUS,                    Local,  ""),
+    row!(ABNORMAL_CLOSURE,             Local,  "connection dropped"),
+    row!(POLICY_VIOLATION,             Relay,  ""),
+    row!(INTERNAL_ERROR,               Relay,  ""),
+    row!(ERROR_UNKNOWN,                Relay,  "unknown error"),
+    row!(SID_UNKNOWN,                  Relay,  "unknown session id"),
+    row!(SID_IN_USE,                   Relay,  "session id in use"),
+    row!(FAILED_TO_CONNECT_TO_BACKEND, Relay,  "failed to connect to backend"),
+    row!(REAUTHENTICATION_REQUIRED,    Relay,  "reauthentication required"),
+    row!(BAD_ACK,                      Relay,  "bad ack"),
+    row!(INVALID_ACK,                  Relay,  "invalid ack"),
+    row!(INVALID_WEBSOCKET_OPCODE,     Relay,  "invalid websocket opcode"),
+    row!(INVALID_TAG,                  Relay,  "invalid tag"),
+    row!(DESTINATION_WRITE_FAILED,     Relay,  "destination write failed"),
+    row!(DESTINATION_READ_FAILED,      Relay,  "destination read failed"),
+    row!(INVALID_DATA,                 Relay,  "invalid data"),
+    row!(NOT_AUTHORIZED,               Relay,  "not authorized"),
     // Capitalised on purpose: this is the text Google's relay sends.
-    row(
-        LOOKUP_FAILED,
-        "LOOKUP_FAILED",
-        SentBy::Relay,
-        "Failed to lookup instance",
-    ),
-    row(
-        LOOKUP_FAILED_RECONNECT,
-        "LOOKUP_FAILED_RECONNECT",
-        SentBy::Relay,
-        "failed to lookup instance on reconnect",
-    ),
-    row(
-        FAILED_TO_REWIND,
-        "FAILED_TO_REWIND",
-        SentBy::Relay,
-        "failed to rewind",
-    ),
+    row!(LOOKUP_FAILED,                Relay,  "Failed to lookup instance"),
+    row!(LOOKUP_FAILED_RECONNECT,      Relay,  "failed to lookup instance on reconnect"),
+    row!(FAILED_TO_REWIND,             Relay,  "failed to rewind"),
 ];
 
 /// Longest relay reason, in characters, that goes into a user message.

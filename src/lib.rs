@@ -8,10 +8,13 @@
 //! - [`close`]: close codes, reason texts, exit statuses, user messages.
 //! - [`target`]: destinations, HOST parsing, connect/reconnect query strings.
 //! - [`session::state`]: byte counts, the resend buffer, when to ACK, resume arithmetic.
+//! - [`session::attach`]: one WebSocket attachment's decisions: what to send, when to wake
+//!   (ACK timer, keepalive, EOF and close waits), when to stop.
 //! - [`wire`]: what both ends share: the subprotocol, WebSocket limits, TLS client settings.
 //!
 //! I/O:
-//! - [`session::pump`]: joins a local byte stream and a WebSocket, driven by the state.
+//! - [`session::pump`]: joins a local byte stream and a WebSocket, doing what
+//!   [`session::attach`] decides.
 //! - [`client`]: credentials, TLS dial, tunnels, stdio mode (`iap-ssh`).
 //! - [`relay`]: configuration, authentication, policy, inventory, server (`iap-relay`).
 //!

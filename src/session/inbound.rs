@@ -3,10 +3,18 @@
 
 use bytes::Bytes;
 
-use super::attach::Role;
 use super::state::{AckError, SessionState};
 use crate::close;
 use crate::frame::Frame;
+
+/// Which end of the protocol this session plays; they differ in what a peer may send.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Role {
+    /// `iap-ssh` (or gcloud): the peer is a relay.
+    Client,
+    /// `iap-relay`: the peer is a client; stricter, and its violations get relay close codes.
+    Relay,
+}
 
 /// The meaning of one binary message, once its bytes are counted in the [`SessionState`].
 #[derive(Debug, PartialEq, Eq)]

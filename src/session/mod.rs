@@ -3,6 +3,7 @@
 //! ([`pump`]). Shared by client and relay.
 
 pub mod attach;
+mod end;
 mod inbound;
 mod liveness;
 pub mod local;
