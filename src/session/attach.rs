@@ -238,8 +238,7 @@ impl<'s> AttachState<'s> {
         if let Some(limit) = self.settings.idle_timeout
             && now.saturating_duration_since(self.last_data) >= limit
         {
-            self.outbox.clear();
-            self.begin_closing(
+            self.close_now(
                 close::POLICY_VIOLATION,
                 close::REASON_IDLE_TIMEOUT,
                 PumpEnd::IdleTimeout,
@@ -270,10 +269,7 @@ impl<'s> AttachState<'s> {
             Role::Client => (close::NORMAL, ""),
             Role::Relay => (close::GOING_AWAY, close::REASON_SHUTTING_DOWN),
         };
-        if self.closing.is_none() {
-            self.outbox.clear();
-        }
-        self.begin_closing(code, reason, PumpEnd::Cancelled, now);
+        self.close_now(code, reason, PumpEnd::Cancelled, now);
     }
 
     /// A detach was requested with `code`. Unsent DATA stays in the resend buffer; the old
@@ -376,27 +372,34 @@ impl<'s> AttachState<'s> {
 
     /// Reading local input failed.
     pub fn on_read_failed(&mut self, error: impl std::fmt::Display, now: Instant) {
-        let code = match self.settings.role {
-            Role::Relay => close::DESTINATION_READ_FAILED,
-            Role::Client => close::NORMAL,
-        };
-        let error = format!("reading local input: {error}");
-        let end = PumpEnd::LocalFailed { error, code };
+        let (code, end) =
+            self.local_failure(close::DESTINATION_READ_FAILED, "reading local input", error);
         self.begin_closing(code, close::reason_text(code), end, now);
     }
 
     /// Writing local output failed: what is queued for the WebSocket no longer matters.
     pub fn on_write_failed(&mut self, error: impl std::fmt::Display, now: Instant) {
+        let (code, end) = self.local_failure(
+            close::DESTINATION_WRITE_FAILED,
+            "writing local output",
+            error,
+        );
+        self.close_now(code, close::reason_text(code), end, now);
+    }
+
+    /// A relay reports its backend's failure with `relay_code`; a client ends in order.
+    fn local_failure(
+        &self,
+        relay_code: u16,
+        what: &str,
+        error: impl std::fmt::Display,
+    ) -> (u16, PumpEnd) {
         let code = match self.settings.role {
-            Role::Relay => close::DESTINATION_WRITE_FAILED,
+            Role::Relay => relay_code,
             Role::Client => close::NORMAL,
         };
-        if self.closing.is_none() {
-            self.outbox.clear();
-        }
-        let error = format!("writing local output: {error}");
-        let end = PumpEnd::LocalFailed { error, code };
-        self.begin_closing(code, close::reason_text(code), end, now);
+        let error = format!("{what}: {error}");
+        (code, PumpEnd::LocalFailed { error, code })
     }
 
     /// Closes after local EOF once everything queued went out and the peer acknowledged all
@@ -422,6 +425,14 @@ impl<'s> AttachState<'s> {
             deadline: now + CLOSE_WAIT,
             end,
         });
+    }
+
+    /// Begins closing, dropping what is still queued: none of it matters any more.
+    fn close_now(&mut self, code: u16, reason: &str, end: PumpEnd, now: Instant) {
+        if self.closing.is_none() {
+            self.outbox.clear();
+        }
+        self.begin_closing(code, reason, end, now);
     }
 
     /// How the attachment ends: as our close said, if we sent one, or as `otherwise`.
