@@ -14,12 +14,11 @@ use argh::FromArgs;
 use iap_ssh::client::config::TargetArgs;
 use iap_ssh::client::ssh_config::SshConfigBlock;
 use iap_ssh::client::tunnel::TunnelConfig;
-use iap_ssh::client::{Options, check, listen, stdio, user_config};
+use iap_ssh::client::{Error, ExitKind, Options, check, listen, stdio, user_config};
+use tokio_util::sync::CancellationToken;
 
 /// The suffix stripped from HOST when neither `--host-suffix` nor the configuration file says.
 const DEFAULT_HOST_SUFFIX: &str = ".iap";
-use iap_ssh::close::ExitKind;
-use tokio_util::sync::CancellationToken;
 
 /// tunnel ssh (or any TCP) through Identity-Aware Proxy TCP forwarding
 #[derive(FromArgs, Debug)]
@@ -142,19 +141,17 @@ fn main() -> ExitCode {
     if args.print_ssh_config {
         return print_ssh_config(&args);
     }
-    let listen = match args.listen.as_deref().map(parse_listen) {
-        None => None,
-        Some(Ok(addr)) => Some(addr),
-        Some(Err(message)) => return fail(ExitKind::Usage, &message),
+    let listen = match args.listen.as_deref().map(parse_listen).transpose() {
+        Ok(listen) => listen,
+        Err(e) => return fail(e),
     };
     if listen.is_some() && args.check {
-        return fail(
-            ExitKind::Usage,
+        return fail(Error::usage(
             "--check and --listen are separate modes: give one (--listen checks at start-up)",
-        );
+        ));
     }
     if args.no_check && listen.is_none() {
-        return fail(ExitKind::Usage, "--no-check goes with --listen");
+        return fail(Error::usage("--no-check goes with --listen"));
     }
     iap_ssh::logging::init_stderr(args.verbose, if listen.is_some() { "info" } else { "warn" });
     // google-cloud-auth signs and speaks TLS through the process's rustls provider: ring,
@@ -162,7 +159,7 @@ fn main() -> ExitCode {
     let _ = rustls::crypto::ring::default_provider().install_default();
     let config = match build_config(&args) {
         Ok(config) => config,
-        Err((kind, message)) => return fail(kind, &message),
+        Err(e) => return fail(e),
     };
     if let Some(code) = reexec_for_token_proxy(&config) {
         return code;
@@ -174,14 +171,13 @@ fn main() -> ExitCode {
     }
 }
 
-fn build_config(args: &Args) -> Result<TunnelConfig, (ExitKind, String)> {
-    let usage = |m: &str| (ExitKind::Usage, m.to_owned());
+fn build_config(args: &Args) -> Result<TunnelConfig, Error> {
     let [host, port] = <[String; 2]>::try_from(args.destination.clone()).unwrap_or_default();
     if host.is_empty() || port.is_empty() {
-        return Err(usage("expected HOST PORT (try --help)"));
+        return Err(Error::usage("expected HOST PORT (try --help)"));
     }
     let Ok(port) = port.parse::<u16>() else {
-        return Err(usage(&format!(
+        return Err(Error::usage(format!(
             "PORT {port:?} is not a number from 1 to 65535"
         )));
     };
@@ -200,7 +196,7 @@ fn build_config(args: &Args) -> Result<TunnelConfig, (ExitKind, String)> {
         .or_else(|| home_dir(".config/gcloud"));
     // The user's configuration file: each flag given wins over it.
     let file = match user_config::location(&env) {
-        Some((path, named)) => user_config::load(&path, named).map_err(|m| usage(&m))?,
+        Some((path, named)) => user_config::load(&path, named)?,
         None => None,
     };
     let file_values = file.as_ref().map(|f| f.values.clone()).unwrap_or_default();
@@ -270,7 +266,7 @@ fn build_config(args: &Args) -> Result<TunnelConfig, (ExitKind, String)> {
         user_config: file,
         origins,
     };
-    options.into_config(&env).map_err(|e| (e.kind, e.message))
+    options.into_config(&env)
 }
 
 /// `value` for display: a URL's password (a proxy's `http://user:password@host`) replaced
@@ -339,10 +335,9 @@ fn reexec_for_token_proxy(config: &TunnelConfig) -> Option<ExitCode> {
     let program = match std::env::current_exe() {
         Ok(p) => p,
         Err(e) => {
-            return Some(fail(
-                ExitKind::Other,
-                &format!("finding this program to set its proxy: {e}"),
-            ));
+            return Some(fail(Error::other(format!(
+                "finding this program to set its proxy: {e}"
+            ))));
         }
     };
     let mut cmd = std::process::Command::new(program);
@@ -356,14 +351,13 @@ fn reexec_for_token_proxy(config: &TunnelConfig) -> Option<ExitCode> {
     }
     tracing::debug!("running again with the token proxy in the environment");
     let e = cmd.exec();
-    Some(fail(
-        ExitKind::Other,
-        &format!("running again with the proxy set: {e}"),
-    ))
+    Some(fail(Error::other(format!(
+        "running again with the proxy set: {e}"
+    ))))
 }
 
 /// `127.0.0.1:0`, `[::1]:0`, `localhost:N`, or a bare port (on 127.0.0.1).
-fn parse_listen(text: &str) -> Result<SocketAddr, String> {
+fn parse_listen(text: &str) -> Result<SocketAddr, Error> {
     if let Ok(addr) = text.parse::<SocketAddr>() {
         return Ok(addr);
     }
@@ -372,9 +366,9 @@ fn parse_listen(text: &str) -> Result<SocketAddr, String> {
     port.parse::<u16>()
         .map(|port| SocketAddr::new(localhost, port))
         .map_err(|_| {
-            format!(
+            Error::usage(format!(
                 "--listen {text:?} is not an address: use IP:PORT, such as 127.0.0.1:0 or [::1]:0 (port 0 picks a free port)"
-            )
+            ))
         })
 }
 
@@ -388,7 +382,7 @@ fn runtime(multi_thread: bool) -> Result<tokio::runtime::Runtime, ExitCode> {
     builder
         .enable_all()
         .build()
-        .map_err(|e| fail(ExitKind::Other, &format!("starting the runtime: {e}")))
+        .map_err(|e| fail(Error::other(format!("starting the runtime: {e}"))))
 }
 
 fn run_stdio(config: &TunnelConfig) -> ExitCode {
@@ -405,7 +399,7 @@ fn run_stdio(config: &TunnelConfig) -> ExitCode {
     runtime.shutdown_background();
     match result {
         Ok(()) => ExitCode::SUCCESS,
-        Err(e) => fail(e.kind, &e.message),
+        Err(e) => fail(e),
     }
 }
 
@@ -423,7 +417,7 @@ fn run_check(config: &TunnelConfig) -> ExitCode {
     let _ = out.flush();
     match report.result {
         Ok(_) => ExitCode::SUCCESS,
-        Err(e) => fail(e.kind, &e.message),
+        Err(e) => fail(e),
     }
 }
 
@@ -435,19 +429,16 @@ fn run_listen(config: TunnelConfig, addr: SocketAddr, startup_check: bool) -> Ex
     let config = Arc::new(config);
     let result = runtime.block_on(async {
         let listener = tokio::net::TcpListener::bind(addr).await.map_err(|e| {
-            (
-                ExitKind::Usage,
-                format!("listening on {addr}: {e}: pick another address or port (port 0 picks a free one)"),
-            )
+            Error::usage(format!(
+                "listening on {addr}: {e}: pick another address or port (port 0 picks a free one)"
+            ))
         })?;
         let bound = listener
             .local_addr()
-            .map_err(|e| (ExitKind::Other, format!("reading the listening address: {e}")))?;
+            .map_err(|e| Error::other(format!("reading the listening address: {e}")))?;
         if startup_check {
             eprintln!("Testing if tunnel connection works.");
-            if let Err(e) = check::run(&config).await.result {
-                return Err((e.kind, e.message));
-            }
+            check::run(&config).await.result?;
         }
         // gcloud's readiness line, which scripts wait for; flushed at once.
         let mut out = std::io::stdout().lock();
@@ -464,7 +455,7 @@ fn run_listen(config: TunnelConfig, addr: SocketAddr, startup_check: bool) -> Ex
     runtime.shutdown_background();
     match result {
         Ok(()) => ExitCode::SUCCESS,
-        Err((kind, message)) => fail(kind, &message),
+        Err(e) => fail(e),
     }
 }
 
@@ -494,16 +485,14 @@ fn program_for_ssh_config() -> String {
 fn print_ssh_config(args: &Args) -> ExitCode {
     // Everything given is either carried into the block or refused: nothing is dropped.
     let refuse = |what: &str| {
-        fail(
-            ExitKind::Usage,
-            &format!("--print-ssh-config does not go with {what}"),
-        )
+        fail(Error::usage(format!(
+            "--print-ssh-config does not go with {what}"
+        )))
     };
     if !args.destination.is_empty() {
-        return fail(
-            ExitKind::Usage,
+        return fail(Error::usage(
             "--print-ssh-config prints a block for every HOST: drop HOST PORT (ssh fills in %h %p)",
-        );
+        ));
     }
     if args.check {
         return refuse("--check (one mode at a time)");
@@ -566,7 +555,7 @@ fn print_ssh_config(args: &Args) -> ExitCode {
             None => match user_config::location(&env) {
                 Some((path, named)) => match user_config::load(&path, named) {
                     Ok(file) => file.and_then(|f| f.values.host_suffix),
-                    Err(message) => return fail(ExitKind::Usage, &message),
+                    Err(e) => return fail(e),
                 },
                 None => None,
             }
@@ -580,7 +569,7 @@ fn print_ssh_config(args: &Args) -> ExitCode {
         .and_then(|()| out.flush())
     {
         Ok(()) => ExitCode::SUCCESS,
-        Err(e) => fail(ExitKind::Other, &format!("writing to stdout: {e}")),
+        Err(e) => fail(Error::other(format!("writing to stdout: {e}"))),
     }
 }
 
@@ -646,9 +635,10 @@ fn short_forms(argv: Vec<String>) -> Vec<String> {
     out
 }
 
-fn fail(kind: ExitKind, message: &str) -> ExitCode {
-    eprintln!("iap-ssh: {message}");
-    ExitCode::from(kind.code())
+/// Prints `e` as the one stderr line and turns its kind into the exit status.
+fn fail(e: Error) -> ExitCode {
+    eprintln!("iap-ssh: {e}");
+    ExitCode::from(e.kind.code())
 }
 
 #[cfg(test)]

@@ -1,11 +1,11 @@
 //! Client side: resolving the destination from HOST, flags, the environment and
 //! fallbacks (gcloud configuration, the service-account key).
 
-use std::fmt;
 use std::net::IpAddr;
 use std::path::Path;
 
 use super::auth::KeyFileInfo;
+use super::error::Error;
 use crate::target::{DEFAULT_INTERFACE, Target};
 
 /// Client side: everything the command line says about the destination.
@@ -224,19 +224,21 @@ impl GcloudProperties {
     /// The `proxy/*` properties as an `http://[USER:PASSWORD@]HOST:PORT` URL, if set.
     ///
     /// # Errors
-    /// For proxy types other than HTTP, or an address without a port.
-    pub fn proxy_url(&self) -> Result<Option<String>, String> {
+    /// A usage error for proxy types other than HTTP, or an address without a port.
+    pub fn proxy_url(&self) -> Result<Option<String>, Error> {
         let Some(address) = &self.proxy_address else {
             return Ok(None);
         };
         let kind = self.proxy_type.as_deref().unwrap_or("http");
         if !kind.eq_ignore_ascii_case("http") {
-            return Err(format!(
+            return Err(Error::usage(format!(
                 "gcloud property proxy/type is {kind}: iap-ssh supports HTTP proxies only; set proxy/type to http or pass --proxy"
-            ));
+            )));
         }
         let Some(port) = &self.proxy_port else {
-            return Err("gcloud property proxy/address is set but proxy/port is not: set both, or pass --proxy".to_owned());
+            return Err(Error::usage(
+                "gcloud property proxy/address is set but proxy/port is not: set both, or pass --proxy",
+            ));
         };
         let enc = |s: &str| form_urlencoded::byte_serialize(s.as_bytes()).collect::<String>();
         let auth = match (&self.proxy_username, &self.proxy_password) {
@@ -248,20 +250,8 @@ impl GcloudProperties {
     }
 }
 
-/// Why no [`Target`] could be resolved; a usage error in every case.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct ResolveError(String);
-
-impl fmt::Display for ResolveError {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(&self.0)
-    }
-}
-
-impl std::error::Error for ResolveError {}
-
-fn fail<T>(msg: String) -> Result<T, ResolveError> {
-    Err(ResolveError(msg))
+fn fail<T>(msg: String) -> Result<T, Error> {
+    Err(Error::usage(msg))
 }
 
 const PROJECT_ENV: &str = "CLOUDSDK_CORE_PROJECT";
@@ -278,7 +268,7 @@ pub fn resolve(
     args: &TargetArgs,
     env: &dyn Fn(&str) -> Option<String>,
     fallback: &Fallback,
-) -> Result<Target, ResolveError> {
+) -> Result<Target, Error> {
     resolve_with_origins(args, env, fallback).map(|(target, _)| target)
 }
 
@@ -290,7 +280,7 @@ pub fn resolve(
 /// # Errors
 ///
 /// As [`resolve`], except "no project" and "no zone".
-pub fn check_syntax(args: &TargetArgs) -> Result<(), ResolveError> {
+pub fn check_syntax(args: &TargetArgs) -> Result<(), Error> {
     let stand_in = |what: &str| Some((format!("stand-in-{what}"), String::new()));
     let fallback = Fallback {
         project: stand_in("project"),
@@ -310,7 +300,7 @@ pub fn resolve_with_origins(
     args: &TargetArgs,
     env: &dyn Fn(&str) -> Option<String>,
     fallback: &Fallback,
-) -> Result<(Target, Vec<(String, String)>), ResolveError> {
+) -> Result<(Target, Vec<(String, String)>), Error> {
     let sources = Sources {
         env,
         fallback,
@@ -320,7 +310,7 @@ pub fn resolve_with_origins(
     Ok((target, sources.origins.into_inner()))
 }
 
-fn resolve_from(args: &TargetArgs, sources: &Sources) -> Result<Target, ResolveError> {
+fn resolve_from(args: &TargetArgs, sources: &Sources) -> Result<Target, Error> {
     let host = strip_suffix(&args.host, &args.suffix);
     if host.is_empty() {
         let host = args.host.escape_debug();
@@ -361,11 +351,7 @@ fn resolve_from(args: &TargetArgs, sources: &Sources) -> Result<Target, ResolveE
     })
 }
 
-fn resolve_instance(
-    args: &TargetArgs,
-    host: &str,
-    sources: &Sources,
-) -> Result<Target, ResolveError> {
+fn resolve_instance(args: &TargetArgs, host: &str, sources: &Sources) -> Result<Target, Error> {
     let shown = host.escape_debug();
     if host.parse::<IpAddr>().is_ok() || host.starts_with('[') {
         return fail(format!(
@@ -451,7 +437,7 @@ impl Sources<'_> {
         subject: &str,
         (flag, flag_value): (&str, &Option<String>),
         in_host: Option<(Option<&str>, String)>,
-    ) -> Result<String, ResolveError> {
+    ) -> Result<String, Error> {
         let zone = what == "zone";
         let (env_name, rule) = if zone {
             (ZONE_ENV, Rule::Name)
@@ -506,7 +492,7 @@ enum Rule {
 }
 
 impl Rule {
-    fn check(self, what: &str, value: &str, from: &str) -> Result<(), ResolveError> {
+    fn check(self, what: &str, value: &str, from: &str) -> Result<(), Error> {
         let name = |s: &str| {
             (1..=63).contains(&s.len())
                 && s.bytes()
@@ -747,7 +733,7 @@ mod tests {
             Ok(Some("http://u:p%40ss@proxy.corp:3128".into()))
         );
         let socks = GcloudProperties::parse("[proxy]\ntype = socks5\naddress = h\nport = 1\n");
-        assert!(socks.proxy_url().unwrap_err().contains("socks5"));
+        assert!(socks.proxy_url().unwrap_err().message.contains("socks5"));
         assert_eq!(GcloudProperties::default().proxy_url(), Ok(None));
     }
 

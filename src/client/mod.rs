@@ -6,6 +6,7 @@ pub mod cache;
 pub mod check;
 pub mod config;
 pub mod dial;
+pub mod error;
 pub mod gcloud;
 pub mod listen;
 pub mod proxy;
@@ -17,7 +18,6 @@ pub mod user_config;
 
 use std::path::{Path, PathBuf};
 
-use crate::close::ExitKind;
 use crate::wire::{self, ClientIdentity};
 use adc::{Library, TokenInfo};
 use auth::Credentials;
@@ -27,7 +27,9 @@ use dial::{Dialer, Endpoint};
 use gcloud::GcloudRunner;
 use proxy::Proxy;
 use tokio_tungstenite::tungstenite::http::HeaderValue;
-use tunnel::{Failure, TunnelConfig};
+use tunnel::TunnelConfig;
+
+pub use error::{Error, ExitKind};
 
 /// The client's settings as the command line gives them, before validation.
 #[derive(Debug, Default)]
@@ -92,8 +94,8 @@ pub const DEFAULT_UNIVERSE_DOMAIN: &str = "googleapis.com";
 /// `wss://tunnel-cloudproxy.<universe>/v4`, which has no mTLS variant.
 ///
 /// # Errors
-/// When `universe` is not a domain name.
-pub fn default_endpoint(universe: Option<&str>, mtls: bool) -> Result<String, String> {
+/// A usage error when `universe` is not a domain name.
+pub fn default_endpoint(universe: Option<&str>, mtls: bool) -> Result<String, Error> {
     match universe {
         None | Some(DEFAULT_UNIVERSE_DOMAIN) => Ok(if mtls {
             dial::DEFAULT_MTLS_ENDPOINT
@@ -109,26 +111,12 @@ pub fn default_endpoint(universe: Option<&str>, mtls: bool) -> Result<String, St
                     && l.chars().all(|c| c.is_ascii_alphanumeric() || c == '-')
             };
             if domain.len() > 253 || !domain.split('.').all(label_ok) {
-                return Err(format!(
+                return Err(Error::usage(format!(
                     "universe domain {domain:?} is not a domain name: give one such as {DEFAULT_UNIVERSE_DOMAIN} (--universe-domain or CLOUDSDK_CORE_UNIVERSE_DOMAIN)"
-                ));
+                )));
             }
             Ok(format!("wss://tunnel-cloudproxy.{domain}/v4"))
         }
-    }
-}
-
-fn usage(message: String) -> Failure {
-    Failure {
-        kind: ExitKind::Usage,
-        message,
-    }
-}
-
-fn auth_failure(message: String) -> Failure {
-    Failure {
-        kind: ExitKind::Authentication,
-        message,
     }
 }
 
@@ -162,23 +150,20 @@ impl Options {
     /// elsewhere).
     ///
     /// # Errors
-    /// A [`Failure`] naming the bad option, or the credential source that failed, and what
+    /// An [`Error`] naming the bad option, or the credential source that failed, and what
     /// to do.
-    pub fn into_config(
-        self,
-        env: &dyn Fn(&str) -> Option<String>,
-    ) -> Result<TunnelConfig, Failure> {
+    pub fn into_config(self, env: &dyn Fn(&str) -> Option<String>) -> Result<TunnelConfig, Error> {
         if self.port == 0 {
-            return Err(usage("PORT must be between 1 and 65535".to_owned()));
+            return Err(Error::usage("PORT must be between 1 and 65535"));
         }
         // A mistyped HOST is reported as such, not hidden behind a credentials problem.
-        config::check_syntax(&self.target).map_err(|e| usage(e.to_string()))?;
+        config::check_syntax(&self.target)?;
         let env_path = |name: &str| env(name).filter(|s| !s.is_empty()).map(PathBuf::from);
         let adc_env = env_path("GOOGLE_APPLICATION_CREDENTIALS");
         let wanted = match (&self.credentials, &self.credentials_file) {
             (Some(_), Some(_)) => {
-                return Err(usage(
-                    "--credentials and --credentials-file are alternatives: give one".to_owned(),
+                return Err(Error::usage(
+                    "--credentials and --credentials-file are alternatives: give one",
                 ));
             }
             (None, None) => Wanted::Auto,
@@ -187,16 +172,14 @@ impl Options {
                 "gcloud" => Wanted::Gcloud,
                 "adc" => Wanted::Adc,
                 "" => {
-                    return Err(usage(
-                        "--credentials needs gcloud, adc or a file".to_owned(),
-                    ));
+                    return Err(Error::usage("--credentials needs gcloud, adc or a file"));
                 }
                 file => Wanted::File(PathBuf::from(file), "--credentials"),
             },
         };
         if self.access_token_file.is_some() && !matches!(wanted, Wanted::Auto) {
-            return Err(usage(
-                "--access-token-file and --credentials are alternatives: give one".to_owned(),
+            return Err(Error::usage(
+                "--access-token-file and --credentials are alternatives: give one",
             ));
         }
         let key_file = match &wanted {
@@ -213,11 +196,7 @@ impl Options {
         // The proxy gcloud itself is told to use when --proxy overrides its settings.
         let flag_proxy = match self.proxy.as_deref().map(str::trim) {
             None | Some("" | "none") => None,
-            Some(url) => Some(
-                Proxy::parse(url)
-                    .map_err(|e| usage(format!("--proxy: {e}")))?
-                    .url(),
-            ),
+            Some(url) => Some(Proxy::parse(url).map_err(|e| e.context("--proxy"))?.url()),
         };
         let cache = self.token_cache_dir.clone().map(TokenCache::new);
         let mut gcloud_props = fallback.gcloud.clone();
@@ -244,10 +223,7 @@ impl Options {
                         .properties
                         .and_then(|v| serde_json::from_value::<GcloudProperties>(v).ok()),
                     None => {
-                        let answer = runner.run(false).map_err(|e| Failure {
-                            kind: e.kind,
-                            message: e.message,
-                        })?;
+                        let answer = runner.run(false)?;
                         let props = answer.properties.clone();
                         creds = Credentials::gcloud(
                             runner,
@@ -268,7 +244,7 @@ impl Options {
                 creds
             }
             Chosen::File(path, how) => {
-                let library = Library::from_file(&path, &how).map_err(auth_failure)?;
+                let library = Library::from_file(&path, &how)?;
                 Credentials::library(library, None)
             }
             Chosen::Metadata(host) => Credentials::library(Library::metadata(&host), None),
@@ -286,16 +262,15 @@ impl Options {
             }
             fallback.looked_at.insert(0, label);
         }
-        let (target, resolved_from) = config::resolve_with_origins(&self.target, env, &fallback)
-            .map_err(|e| usage(e.to_string()))?;
+        let (target, resolved_from) = config::resolve_with_origins(&self.target, env, &fallback)?;
         let mut origins = self.origins.clone();
         origins.extend(resolved_from);
         let client = match (&self.client_cert, &self.client_key) {
             (Some(cert), Some(key)) => Some(ClientIdentity { cert, key }),
             (None, None) => None,
             _ => {
-                return Err(usage(
-                    "--client-cert and --client-key go together: give both or neither".to_owned(),
+                return Err(Error::usage(
+                    "--client-cert and --client-key go together: give both or neither",
                 ));
             }
         };
@@ -307,10 +282,8 @@ impl Options {
             .or_else(|| env("CLOUDSDK_CORE_UNIVERSE_DOMAIN"))
             .filter(|u| !u.is_empty());
         // gcloud switches to the mTLS relay when a device certificate is in use.
-        let default_endpoint =
-            default_endpoint(universe.as_deref(), client.is_some()).map_err(usage)?;
-        let endpoint = Endpoint::parse(self.endpoint.as_deref().unwrap_or(&default_endpoint))
-            .map_err(|e| usage(format!("{e:#}")))?;
+        let default_endpoint = default_endpoint(universe.as_deref(), client.is_some())?;
+        let endpoint = Endpoint::parse(self.endpoint.as_deref().unwrap_or(&default_endpoint))?;
         // The flag, then the environment; the gcloud property core/request_reason belongs
         // after these.
         let request_reason = self
@@ -320,9 +293,8 @@ impl Options {
             .filter(|r| !r.is_empty())
             .map(|r| {
                 HeaderValue::from_str(&r).map_err(|_| {
-                    usage(
-                        "the request reason (--request-reason or CLOUDSDK_CORE_REQUEST_REASON) must be one line of text without control characters"
-                            .to_owned(),
+                    Error::usage(
+                        "the request reason (--request-reason or CLOUDSDK_CORE_REQUEST_REASON) must be one line of text without control characters",
                     )
                 })
             })
@@ -337,29 +309,26 @@ impl Options {
             .into_iter()
             .chain(gcloud_ca.as_deref())
             .collect();
-        let tls =
-            wire::tls_config_with_client(&ca_files, client).map_err(|e| usage(format!("{e:#}")))?;
-        let gcloud_proxy = gcloud_props.proxy_url().map_err(usage)?;
+        let tls = wire::tls_config_with_client(&ca_files, client)
+            .map_err(|e| Error::usage(format!("{e:#}")))?;
+        let gcloud_proxy = gcloud_props.proxy_url()?;
         let proxy = Proxy::select_with_gcloud(
             self.proxy.as_deref(),
             gcloud_proxy.as_deref(),
             env,
             endpoint.host(),
-        )
-        .map_err(usage)?;
+        )?;
         // Token traffic follows the same choice; NO_PROXY (which names relay hosts) is left
         // to the HTTP client, per token host.
         let token_proxy =
-            Proxy::select_with_gcloud(self.proxy.as_deref(), gcloud_proxy.as_deref(), env, "")
-                .map_err(usage)?;
+            Proxy::select_with_gcloud(self.proxy.as_deref(), gcloud_proxy.as_deref(), env, "")?;
         let endpoint = endpoint.with_proxy(proxy);
         let credentials = match credentials.take_library() {
             Ok(library) => {
                 let url = env("IAP_SSH_TOKENINFO_URL")
                     .filter(|u| !u.is_empty())
                     .unwrap_or_else(|| adc::DEFAULT_TOKENINFO_URL.to_owned());
-                let info = TokenInfo::new(&url, token_proxy.as_ref(), tls.clone())
-                    .map_err(auth_failure)?;
+                let info = TokenInfo::new(&url, token_proxy.as_ref(), tls.clone())?;
                 let creds = Credentials::library(library, Some(info));
                 match &cache {
                     Some(c) => creds.with_cache(c.clone()),
@@ -396,7 +365,7 @@ impl Options {
         gcloud: &GcloudProperties,
         env: &dyn Fn(&str) -> Option<String>,
         adc_env: Option<PathBuf>,
-    ) -> Result<Chosen, Failure> {
+    ) -> Result<Chosen, Error> {
         if let Some(file) = &self.access_token_file {
             return Ok(Chosen::TokenFile(
                 file.clone(),
@@ -410,8 +379,8 @@ impl Options {
             Wanted::Gcloud => {
                 return match &self.gcloud_program {
                     Some(p) => Ok(Chosen::Gcloud(p.clone())),
-                    None => Err(auth_failure(
-                        "--credentials gcloud: gcloud is not on PATH: install the Google Cloud SDK, or choose another source".to_owned(),
+                    None => Err(Error::auth(
+                        "--credentials gcloud: gcloud is not on PATH: install the Google Cloud SDK, or choose another source",
                     )),
                 };
             }
@@ -471,7 +440,7 @@ impl Options {
             return Ok(Chosen::Metadata("metadata.google.internal".into()));
         }
         looked_at.push("the metadata server (not a GCE VM, no GCE_METADATA_HOST)".to_owned());
-        Err(auth_failure(format!(
+        Err(Error::auth(format!(
             "no Google credentials found (looked at: {}): run `gcloud auth login` or `gcloud auth application-default login`, set GOOGLE_APPLICATION_CREDENTIALS, or pass --credentials FILE or --access-token-file",
             looked_at.join(", ")
         )))

@@ -8,8 +8,7 @@ use base64::Engine;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
-use super::dial::DialError;
-use crate::close::ExitKind;
+use super::error::Error;
 
 /// Longest CONNECT response head we read; real proxies send a few hundred bytes.
 const MAX_RESPONSE_HEAD: usize = 16 * 1024;
@@ -41,9 +40,9 @@ impl Proxy {
     /// `http://`, as curl does; the port defaults to 80).
     ///
     /// # Errors
-    /// For other schemes (`https://`, `socks5://`, …), a missing host, or a bad port. The
-    /// message never holds the password.
-    pub fn parse(url: &str) -> Result<Proxy, String> {
+    /// A usage error for other schemes (`https://`, `socks5://`, …), a missing host, or a bad
+    /// port. The message never holds the password.
+    pub fn parse(url: &str) -> Result<Proxy, Error> {
         let url = url.trim();
         let rest = match url.split_once("://") {
             None => url,
@@ -57,9 +56,9 @@ impl Proxy {
                 } else {
                     "only http:// proxies are supported"
                 };
-                return Err(format!(
+                return Err(Error::usage(format!(
                     "proxy URL scheme {scheme}:// : {why}: use an HTTP proxy that allows CONNECT, as http://HOST:PORT"
-                ));
+                )));
             }
         };
         let authority = rest.split(['/', '?', '#']).next().unwrap_or_default();
@@ -68,9 +67,9 @@ impl Proxy {
             None => (None, authority),
         };
         let (host, port) = if let Some(v6) = hostport.strip_prefix('[') {
-            let (host, tail) = v6
-                .split_once(']')
-                .ok_or_else(|| format!("proxy address {hostport:?} has no closing ]"))?;
+            let (host, tail) = v6.split_once(']').ok_or_else(|| {
+                Error::usage(format!("proxy address {hostport:?} has no closing ]"))
+            })?;
             (host, tail.strip_prefix(':'))
         } else {
             match hostport.rsplit_once(':') {
@@ -79,15 +78,15 @@ impl Proxy {
             }
         };
         if host.is_empty() {
-            return Err("the proxy URL has no host: use http://HOST:PORT".to_owned());
+            return Err(Error::usage(
+                "the proxy URL has no host: use http://HOST:PORT",
+            ));
         }
         let port = match port {
             None | Some("") => 80,
-            Some(p) => p
-                .parse::<u16>()
-                .ok()
-                .filter(|p| *p != 0)
-                .ok_or_else(|| format!("proxy port {p:?} is not a number from 1 to 65535"))?,
+            Some(p) => p.parse::<u16>().ok().filter(|p| *p != 0).ok_or_else(|| {
+                Error::usage(format!("proxy port {p:?} is not a number from 1 to 65535"))
+            })?,
         };
         let credentials = userinfo.map(|u| {
             let (user, pass) = u.split_once(':').unwrap_or((u, ""));
@@ -117,7 +116,7 @@ impl Proxy {
         flag: Option<&str>,
         env: &dyn Fn(&str) -> Option<String>,
         relay_host: &str,
-    ) -> Result<Option<Proxy>, String> {
+    ) -> Result<Option<Proxy>, Error> {
         Proxy::select_with_gcloud(flag, None, env, relay_host)
     }
 
@@ -131,19 +130,19 @@ impl Proxy {
         gcloud: Option<&str>,
         env: &dyn Fn(&str) -> Option<String>,
         relay_host: &str,
-    ) -> Result<Option<Proxy>, String> {
+    ) -> Result<Option<Proxy>, Error> {
         if let Some(url) = flag {
             return match url.trim() {
                 "" | "none" => Ok(None),
                 url => Proxy::parse(url)
                     .map(Some)
-                    .map_err(|e| format!("--proxy: {e}")),
+                    .map_err(|e| e.context("--proxy")),
             };
         }
         if let Some(url) = gcloud {
             return Proxy::parse(url)
                 .map(Some)
-                .map_err(|e| format!("gcloud property proxy/address: {e}"));
+                .map_err(|e| e.context("gcloud property proxy/address"));
         }
         let Some((name, url)) = ["https_proxy", "HTTPS_PROXY"]
             .into_iter()
@@ -157,9 +156,7 @@ impl Proxy {
         if no_proxy_matches(&no_proxy, relay_host) {
             return Ok(None);
         }
-        Proxy::parse(&url)
-            .map(Some)
-            .map_err(|e| format!("{name}: {e}"))
+        Proxy::parse(&url).map(Some).map_err(|e| e.context(name))
     }
 
     /// The proxy's host and port.
@@ -214,19 +211,15 @@ impl Proxy {
     /// time this takes.
     ///
     /// # Errors
-    /// A one-line [`DialError`] for an unreachable proxy or a refused CONNECT (407 and 403
-    /// say what to do).
+    /// A one-line [`Error`] for an unreachable proxy or a refused CONNECT (407 and 403 say
+    /// what to do).
     pub async fn connect(
         &self,
         host: &str,
         port: u16,
         user_agent: &str,
-    ) -> Result<TcpStream, DialError> {
-        let fail = |message: String| DialError {
-            kind: ExitKind::Other,
-            message,
-            http_status: None,
-        };
+    ) -> Result<TcpStream, Error> {
+        let fail = Error::other;
         let proxy = self.authority();
         let mut stream = TcpStream::connect((self.host.as_str(), self.port))
             .await
@@ -397,7 +390,7 @@ mod tests {
             ("http://[::1", "no closing ]"),
         ];
         for (url, want) in cases {
-            let err = Proxy::parse(url).unwrap_err();
+            let err = Proxy::parse(url).unwrap_err().message;
             assert!(
                 err.contains(want) && !err.contains("secret"),
                 "{url}: {err}"
@@ -414,7 +407,7 @@ mod tests {
                     .map(|(_, v)| (*v).to_owned())
             }
         };
-        let authority = |r: Result<Option<Proxy>, String>| r.map(|p| p.map(|p| p.authority()));
+        let authority = |r: Result<Option<Proxy>, Error>| r.map(|p| p.map(|p| p.authority()));
         let e = env(&[
             ("HTTPS_PROXY", "http://env:1"),
             ("NO_PROXY", ".corp,10.0.0.1"),
@@ -439,7 +432,7 @@ mod tests {
             Ok(Some("low:3".into()))
         );
         let bad = env(&[("HTTPS_PROXY", "socks5://h")]);
-        let err = Proxy::select(None, &bad, "x").unwrap_err();
+        let err = Proxy::select(None, &bad, "x").unwrap_err().message;
         assert!(err.starts_with("HTTPS_PROXY: "), "{err}");
         assert_eq!(authority(Proxy::select(None, &env(&[]), "x")), Ok(None));
     }

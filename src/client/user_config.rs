@@ -10,6 +10,8 @@ use std::path::{Path, PathBuf};
 
 use serde::Deserialize;
 
+use super::error::Error;
+
 /// The file as written. Unknown keys are refused, so a typo is an error, not a silent default.
 #[derive(Clone, Debug, Default, Deserialize, PartialEq, Eq)]
 #[serde(deny_unknown_fields)]
@@ -69,23 +71,23 @@ pub fn location(env: &dyn Fn(&str) -> Option<String>) -> Option<(PathBuf, bool)>
 /// # Errors
 /// A file that cannot be read or parsed, or a named file that does not exist; the message
 /// names the file and what to do.
-pub fn load(path: &Path, named: bool) -> Result<Option<Loaded>, String> {
+pub fn load(path: &Path, named: bool) -> Result<Option<Loaded>, Error> {
     let text = match std::fs::read_to_string(path) {
         Ok(text) => text,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound && !named => return Ok(None),
         Err(e) => {
-            return Err(format!(
+            return Err(Error::usage(format!(
                 "reading the configuration file {} (IAP_SSH_CONFIG): {e}",
                 path.display()
-            ));
+            )));
         }
     };
     let mut values: UserConfig = toml::from_str(&text).map_err(|e| {
         let what = e.message().trim().to_owned();
-        format!(
+        Error::usage(format!(
             "configuration file {}: {what} (keys: endpoint, ca_file, host_suffix, project, zone, proxy, resume_timeout_secs)",
             path.display()
-        )
+        ))
     })?;
     if let (Some(ca), Some(dir)) = (&values.ca_file, path.parent())
         && ca.is_relative()
@@ -146,13 +148,18 @@ mod tests {
         assert_eq!(loaded.values.resume_timeout_secs, Some(60));
 
         std::fs::write(&path, "endpont = \"x\"\n").unwrap();
-        let err = load(&path, false).unwrap_err();
+        let err = load(&path, false).unwrap_err().message;
         assert!(err.contains("unknown field `endpont`"), "{err}");
         assert!(err.contains(&path.display().to_string()), "{err}");
         assert!(!err.contains('\n'), "one line: {err}");
 
         let missing = dir.path().join("none.toml");
         assert!(load(&missing, false).unwrap().is_none());
-        assert!(load(&missing, true).unwrap_err().contains("IAP_SSH_CONFIG"));
+        assert!(
+            load(&missing, true)
+                .unwrap_err()
+                .message
+                .contains("IAP_SSH_CONFIG")
+        );
     }
 }
