@@ -11,7 +11,7 @@ use std::process::ExitCode;
 use std::sync::Arc;
 
 use argh::FromArgs;
-use iap_ssh::client::config::TargetArgs;
+use iap_ssh::client::destination::TargetArgs;
 use iap_ssh::client::ssh_config::SshConfigBlock;
 use iap_ssh::client::tunnel::TunnelConfig;
 use iap_ssh::client::{Error, ExitKind, Options, check, listen, stdio, user_config};

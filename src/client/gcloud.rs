@@ -14,8 +14,8 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use super::auth::Token;
-use super::config::GcloudProperties;
 use super::error::Error;
+use super::gcloud_properties::GcloudProperties;
 
 /// Upper bound on one gcloud run: its start-up plus one token refresh over a slow network.
 pub const GCLOUD_TIMEOUT: Duration = Duration::from_secs(60);

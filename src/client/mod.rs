@@ -4,10 +4,11 @@ pub mod adc;
 pub mod auth;
 pub mod cache;
 pub mod check;
-pub mod config;
+pub mod destination;
 pub mod dial;
 pub mod error;
 pub mod gcloud;
+pub mod gcloud_properties;
 pub mod listen;
 pub mod proxy;
 pub mod report;
@@ -22,9 +23,10 @@ use crate::wire::{self, ClientIdentity};
 use adc::{Library, TokenInfo};
 use auth::Credentials;
 use cache::TokenCache;
-use config::{Fallback, GcloudProperties, TargetArgs};
+use destination::{Fallback, TargetArgs};
 use dial::{Dialer, Endpoint};
 use gcloud::GcloudRunner;
+use gcloud_properties::GcloudProperties;
 use proxy::Proxy;
 use tokio_tungstenite::tungstenite::http::HeaderValue;
 use tunnel::TunnelConfig;
@@ -157,7 +159,7 @@ impl Options {
             return Err(Error::usage("PORT must be between 1 and 65535"));
         }
         // A mistyped HOST is reported as such, not hidden behind a credentials problem.
-        config::check_syntax(&self.target)?;
+        destination::check_syntax(&self.target)?;
         let env_path = |name: &str| env(name).filter(|s| !s.is_empty()).map(PathBuf::from);
         let adc_env = env_path("GOOGLE_APPLICATION_CREDENTIALS");
         let wanted = match (&self.credentials, &self.credentials_file) {
@@ -262,7 +264,8 @@ impl Options {
             }
             fallback.looked_at.insert(0, label);
         }
-        let (target, resolved_from) = config::resolve_with_origins(&self.target, env, &fallback)?;
+        let (target, resolved_from) =
+            destination::resolve_with_origins(&self.target, env, &fallback)?;
         let mut origins = self.origins.clone();
         origins.extend(resolved_from);
         let client = match (&self.client_cert, &self.client_key) {
