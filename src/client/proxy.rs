@@ -5,6 +5,7 @@
 use std::fmt;
 
 use base64::Engine;
+use hyper_util::client::proxy::matcher::Matcher;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
@@ -296,57 +297,50 @@ pub fn check_connect_response(head: &[u8]) -> Result<(), (u16, String)> {
     }
 }
 
-/// Whether `host` is listed in a `NO_PROXY` value: `*`, exact names or addresses, and domain
-/// suffixes (`example.com` and `.example.com` both cover `relay.example.com`). Ports in
-/// entries are ignored; matching ignores case.
+/// Whether `host` is listed in a `NO_PROXY` value: `*`, exact names or addresses, address
+/// ranges (`10.0.0.0/8`), and domain suffixes (`example.com` and `.example.com` both cover
+/// `relay.example.com`), ignoring case. The matching is hyper-util's (curl's rules); around it,
+/// entries may also be separated by spaces, ports in entries are ignored, and `*` covers
+/// addresses too (hyper-util applies it to names only).
 pub fn no_proxy_matches(list: &str, host: &str) -> bool {
-    let host = host
-        .trim_start_matches('[')
-        .trim_end_matches(']')
-        .to_ascii_lowercase();
-    list.split([',', ' '])
+    let mut entries = Vec::new();
+    for entry in list
+        .split([',', ' '])
         .map(str::trim)
         .filter(|e| !e.is_empty())
-        .any(|entry| {
-            if entry == "*" {
-                return true;
-            }
-            // Strip a port, keeping bare IPv6 addresses whole.
-            let entry = match entry.strip_prefix('[') {
-                Some(v6) => v6.split(']').next().unwrap_or_default(),
-                None if entry.matches(':').count() == 1 => {
-                    entry.split(':').next().unwrap_or_default()
-                }
-                None => entry,
-            };
-            let entry = entry.to_ascii_lowercase();
-            let domain = entry.trim_start_matches('.');
-            host == domain || host.ends_with(&format!(".{domain}"))
-        })
+    {
+        if entry == "*" {
+            return true;
+        }
+        // Strip a port, keeping bare IPv6 addresses whole.
+        entries.push(match entry.strip_prefix('[') {
+            Some(v6) => v6.split(']').next().unwrap_or_default(),
+            None if entry.matches(':').count() == 1 => entry.split(':').next().unwrap_or_default(),
+            None => entry,
+        });
+    }
+    let host = host.trim_start_matches('[').trim_end_matches(']');
+    let url = if host.contains(':') {
+        format!("https://[{host}]/")
+    } else {
+        format!("https://{host}/")
+    };
+    let Ok(uri) = url.parse::<hyper::http::Uri>() else {
+        return false;
+    };
+    // Any proxy will do: only whether NO_PROXY lets it intercept the relay matters.
+    Matcher::builder()
+        .https("http://proxy.invalid")
+        .no(entries.join(","))
+        .build()
+        .intercept(&uri)
+        .is_none()
 }
 
 fn percent_decode(s: &str) -> String {
-    let bytes = s.as_bytes();
-    let mut out = Vec::with_capacity(bytes.len());
-    let mut i = 0;
-    while i < bytes.len() {
-        let hex = |b: u8| (b as char).to_digit(16);
-        match (
-            bytes.get(i).copied().unwrap_or(0),
-            bytes.get(i + 1),
-            bytes.get(i + 2),
-        ) {
-            (b'%', Some(&h), Some(&l)) if hex(h).is_some() && hex(l).is_some() => {
-                out.push((hex(h).unwrap_or(0) * 16 + hex(l).unwrap_or(0)) as u8);
-                i += 3;
-            }
-            (b, _, _) => {
-                out.push(b);
-                i += 1;
-            }
-        }
-    }
-    String::from_utf8_lossy(&out).into_owned()
+    percent_encoding::percent_decode_str(s)
+        .decode_utf8_lossy()
+        .into_owned()
 }
 
 #[cfg(test)]
@@ -376,6 +370,9 @@ mod tests {
             "CONNECT [::1]:9 HTTP/1.1\r\nHost: [::1]:9\r\nUser-Agent: ua\r\n\r\n"
         );
         assert_eq!(Proxy::parse("HTTP://h").unwrap().authority(), "h:80");
+        // Bad escapes stay as written; good ones decode, UTF-8 included.
+        let p = Proxy::parse("http://%zz%C3%A9:a%3Ab@h").unwrap();
+        assert_eq!(p.credentials(), Some(("%zz\u{e9}", "a:b")));
     }
 
     #[test]
@@ -451,6 +448,11 @@ mod tests {
             ("::1", "[::1]", true),
             ("[::1]:443", "::1", true),
             ("", "x", false),
+            ("*", "10.0.0.1", true),
+            ("a.io example.com", "relay.example.com", true),
+            ("10.0.0.0/8", "10.1.2.3", true),
+            ("10.0.0.0/8", "11.1.2.3", false),
+            ("fd00::/8", "[fd00::5]", true),
         ];
         for (list, host, want) in cases {
             assert_eq!(no_proxy_matches(list, host), want, "{list:?} {host}");
