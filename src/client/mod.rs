@@ -4,12 +4,14 @@ pub mod adc;
 pub mod auth;
 pub mod cache;
 pub mod check;
+pub mod cli;
 pub mod destination;
 pub mod dial;
 pub mod error;
 pub mod gcloud;
 pub mod gcloud_properties;
 pub mod listen;
+pub mod options;
 pub mod proxy;
 pub mod report;
 pub mod ssh_config;
@@ -256,11 +258,11 @@ impl Options {
         // resolver) and above gcloud's configuration and the key file.
         if let Some(file) = &self.user_config {
             let label = file.label();
-            if let Some(project) = &file.values.project {
-                fallback.project = Some((project.clone(), label.clone()));
+            if let Some(project) = file.get("project") {
+                fallback.project = Some((project.to_owned(), label.clone()));
             }
-            if let Some(zone) = &file.values.zone {
-                fallback.zone = Some((zone.clone(), label.clone()));
+            if let Some(zone) = file.get("zone") {
+                fallback.zone = Some((zone.to_owned(), label.clone()));
             }
             fallback.looked_at.insert(0, label);
         }
