@@ -14,6 +14,7 @@ pub mod listen;
 pub mod options;
 pub mod proxy;
 pub mod report;
+pub mod source;
 pub mod ssh_config;
 pub mod stdio;
 pub mod tunnel;
@@ -22,13 +23,11 @@ pub mod user_config;
 use std::path::{Path, PathBuf};
 
 use crate::wire::{self, ClientIdentity};
-use adc::{Library, TokenInfo};
+use adc::TokenInfo;
 use auth::Credentials;
 use cache::TokenCache;
 use destination::{Fallback, TargetArgs};
 use dial::{Dialer, Endpoint};
-use gcloud::GcloudRunner;
-use gcloud_properties::GcloudProperties;
 use proxy::Proxy;
 use tokio_tungstenite::tungstenite::http::HeaderValue;
 use tunnel::TunnelConfig;
@@ -124,34 +123,10 @@ pub fn default_endpoint(universe: Option<&str>, mtls: bool) -> Result<String, Er
     }
 }
 
-/// What `--credentials` (or `--credentials-file`) asked for.
-enum Wanted {
-    Auto,
-    Gcloud,
-    Adc,
-    File(PathBuf, &'static str),
-}
-
-/// The chosen source, before it is built.
-enum Chosen {
-    TokenFile(PathBuf, String),
-    Gcloud(PathBuf),
-    File(PathBuf, String),
-    Metadata(String),
-}
-
 impl Options {
     /// Validates the options into a tunnel configuration. `env` reads environment variables
-    /// (the library itself never touches the process environment).
-    ///
-    /// Credentials, first found wins: `--access-token-file`; `--credentials`/
-    /// `--credentials-file`; `CLOUDSDK_AUTH_ACCESS_TOKEN_FILE`; gcloud's
-    /// `auth/access_token_file`; the gcloud account (gcloud on `PATH` and an active account
-    /// in its configuration), as `gcloud compute start-iap-tunnel` would use; then
-    /// Application Default Credentials: `GOOGLE_APPLICATION_CREDENTIALS`, the ADC file under
-    /// `$CLOUDSDK_CONFIG`, `~/.config/gcloud/application_default_credentials.json`, the
-    /// metadata server (only with `GCE_METADATA_HOST` or on a GCE VM, so nothing is probed
-    /// elsewhere).
+    /// (the library itself never touches the process environment). Credentials come from the
+    /// first source found, in the order [`source`] gives.
     ///
     /// # Errors
     /// An [`Error`] naming the bad option, or the credential source that failed, and what
@@ -162,32 +137,12 @@ impl Options {
         }
         // A mistyped HOST is reported as such, not hidden behind a credentials problem.
         destination::check_syntax(&self.target)?;
-        let env_path = |name: &str| env(name).filter(|s| !s.is_empty()).map(PathBuf::from);
-        let adc_env = env_path("GOOGLE_APPLICATION_CREDENTIALS");
-        let wanted = match (&self.credentials, &self.credentials_file) {
-            (Some(_), Some(_)) => {
-                return Err(Error::usage(
-                    "--credentials and --credentials-file are alternatives: give one",
-                ));
-            }
-            (None, None) => Wanted::Auto,
-            (None, Some(f)) => Wanted::File(f.clone(), "--credentials-file"),
-            (Some(c), None) => match c.trim() {
-                "gcloud" => Wanted::Gcloud,
-                "adc" => Wanted::Adc,
-                "" => {
-                    return Err(Error::usage("--credentials needs gcloud, adc or a file"));
-                }
-                file => Wanted::File(PathBuf::from(file), "--credentials"),
-            },
-        };
-        if self.access_token_file.is_some() && !matches!(wanted, Wanted::Auto) {
-            return Err(Error::usage(
-                "--access-token-file and --credentials are alternatives: give one",
-            ));
-        }
+        let adc_env = env("GOOGLE_APPLICATION_CREDENTIALS")
+            .filter(|s| !s.is_empty())
+            .map(PathBuf::from);
+        let wanted = source::wanted(&self)?;
         let key_file = match &wanted {
-            Wanted::File(f, _) => Some(f.clone()),
+            source::Wanted::File(f, _) => Some(f.clone()),
             _ => adc_env.clone(),
         };
         let mut fallback = Fallback::load(
@@ -195,7 +150,7 @@ impl Options {
             env("CLOUDSDK_ACTIVE_CONFIG_NAME").as_deref(),
             key_file.as_deref(),
         );
-        let chosen = self.choose(&wanted, &fallback.gcloud, env, adc_env)?;
+        let chosen = source::choose(&self, &wanted, &fallback.gcloud, env, adc_env)?;
 
         // The proxy gcloud itself is told to use when --proxy overrides its settings.
         let flag_proxy = match self.proxy.as_deref().map(str::trim) {
@@ -203,56 +158,14 @@ impl Options {
             Some(url) => Some(Proxy::parse(url).map_err(|e| e.context("--proxy"))?.url()),
         };
         let cache = self.token_cache_dir.clone().map(TokenCache::new);
-        let mut gcloud_props = fallback.gcloud.clone();
-        let credentials = match chosen {
-            Chosen::TokenFile(path, how) => Credentials::access_token_file(path, &how),
-            Chosen::Gcloud(program) => {
-                let runner = GcloudRunner {
-                    program,
-                    proxy_override: flag_proxy,
-                };
-                let fingerprint = self.gcloud_fingerprint(env);
-                let mut creds = Credentials::gcloud(
-                    runner.clone(),
-                    None,
-                    &fingerprint,
-                    fallback.gcloud.account.clone(),
-                );
-                if let Some(cache) = &cache {
-                    creds = creds.with_cache(cache.clone());
-                }
-                // A cached answer carries gcloud's properties too: no gcloud run at all.
-                let answer_props = match creds.load_cached() {
-                    Some(cached) => cached
-                        .properties
-                        .and_then(|v| serde_json::from_value::<GcloudProperties>(v).ok()),
-                    None => {
-                        let answer = runner.run(false)?;
-                        let props = answer.properties.clone();
-                        creds = Credentials::gcloud(
-                            runner,
-                            Some(answer),
-                            &fingerprint,
-                            fallback.gcloud.account.clone(),
-                        );
-                        if let Some(cache) = &cache {
-                            creds = creds.with_cache(cache.clone());
-                        }
-                        Some(props)
-                    }
-                };
-                if let Some(props) = answer_props {
-                    fallback.prefer_gcloud_answer(&props);
-                    gcloud_props = props;
-                }
-                creds
-            }
-            Chosen::File(path, how) => {
-                let library = Library::from_file(&path, &how)?;
-                Credentials::library(library, None)
-            }
-            Chosen::Metadata(host) => Credentials::library(Library::metadata(&host), None),
-        };
+        let (credentials, gcloud_props) = source::build(
+            &self,
+            chosen,
+            &mut fallback,
+            env,
+            flag_proxy,
+            cache.as_ref(),
+        )?;
 
         // The user's configuration file ranks below the environment (checked first by the
         // resolver) and above gcloud's configuration and the key file.
@@ -361,122 +274,6 @@ impl Options {
             token_proxy,
             origins,
         })
-    }
-
-    /// Picks the credential source (see [`into_config`](Self::into_config) for the order).
-    fn choose(
-        &self,
-        wanted: &Wanted,
-        gcloud: &GcloudProperties,
-        env: &dyn Fn(&str) -> Option<String>,
-        adc_env: Option<PathBuf>,
-    ) -> Result<Chosen, Error> {
-        if let Some(file) = &self.access_token_file {
-            return Ok(Chosen::TokenFile(
-                file.clone(),
-                "--access-token-file".into(),
-            ));
-        }
-        let env_token_file = env("CLOUDSDK_AUTH_ACCESS_TOKEN_FILE").filter(|s| !s.is_empty());
-        let mut looked_at = Vec::new();
-        match wanted {
-            Wanted::File(path, how) => return Ok(Chosen::File(path.clone(), (*how).to_owned())),
-            Wanted::Gcloud => {
-                return match &self.gcloud_program {
-                    Some(p) => Ok(Chosen::Gcloud(p.clone())),
-                    None => Err(Error::auth(
-                        "--credentials gcloud: gcloud is not on PATH: install the Google Cloud SDK, or choose another source",
-                    )),
-                };
-            }
-            Wanted::Adc => {}
-            Wanted::Auto => {
-                if let Some(file) = env_token_file {
-                    return Ok(Chosen::TokenFile(
-                        file.into(),
-                        "CLOUDSDK_AUTH_ACCESS_TOKEN_FILE".into(),
-                    ));
-                }
-                if let Some(file) = &gcloud.access_token_file {
-                    return Ok(Chosen::TokenFile(
-                        file.into(),
-                        "gcloud property auth/access_token_file".into(),
-                    ));
-                }
-                let account = env("CLOUDSDK_CORE_ACCOUNT")
-                    .filter(|a| !a.is_empty())
-                    .or(gcloud.account.clone());
-                match (&self.gcloud_program, account) {
-                    (Some(program), Some(account)) => {
-                        tracing::info!(account = %account, "credentials: using the gcloud account");
-                        return Ok(Chosen::Gcloud(program.clone()));
-                    }
-                    (Some(_), None) => {
-                        looked_at.push("the gcloud account (none is active)".to_owned());
-                    }
-                    (None, _) => looked_at.push("gcloud (not on PATH)".to_owned()),
-                }
-            }
-        }
-        if let Some(path) = adc_env {
-            return Ok(Chosen::File(path, "GOOGLE_APPLICATION_CREDENTIALS".into()));
-        }
-        looked_at.push("GOOGLE_APPLICATION_CREDENTIALS".to_owned());
-        let candidates = [
-            self.gcloud_config_dir
-                .as_ref()
-                .map(|d| d.join("application_default_credentials.json")),
-            self.home_adc_file.clone(),
-        ];
-        for path in candidates.into_iter().flatten() {
-            tracing::info!(file = %path.display(), "credentials: looking for an ADC file");
-            if path.exists() {
-                return Ok(Chosen::File(path, "gcloud's ADC file".into()));
-            }
-            let shown = path.display().to_string();
-            if !looked_at.contains(&shown) {
-                looked_at.push(shown);
-            }
-        }
-        if let Some(host) = env("GCE_METADATA_HOST").filter(|h| !h.is_empty()) {
-            return Ok(Chosen::Metadata(host));
-        }
-        if self.on_gce {
-            return Ok(Chosen::Metadata("metadata.google.internal".into()));
-        }
-        looked_at.push("the metadata server (not a GCE VM, no GCE_METADATA_HOST)".to_owned());
-        Err(Error::auth(format!(
-            "no Google credentials found (looked at: {}): run `gcloud auth login` or `gcloud auth application-default login`, set GOOGLE_APPLICATION_CREDENTIALS, or pass --credentials FILE or --access-token-file",
-            looked_at.join(", ")
-        )))
-    }
-
-    /// What tells one gcloud setup from another: its folder, the active configuration's
-    /// name and text, and every `CLOUDSDK_*` variable. A `gcloud config set` or a switch of
-    /// account or configuration thus misses the cache and asks gcloud again.
-    fn gcloud_fingerprint(&self, env: &dyn Fn(&str) -> Option<String>) -> Vec<u8> {
-        let mut material = Vec::new();
-        if let Some(dir) = &self.gcloud_config_dir {
-            material.extend_from_slice(dir.as_os_str().as_encoded_bytes());
-            material.push(0);
-            let name = env("CLOUDSDK_ACTIVE_CONFIG_NAME")
-                .filter(|n| !n.trim().is_empty())
-                .or_else(|| std::fs::read_to_string(dir.join("active_config")).ok())
-                .map(|n| n.trim().to_owned())
-                .filter(|n| !n.is_empty())
-                .unwrap_or_else(|| "default".to_owned());
-            material.extend_from_slice(name.as_bytes());
-            material.push(0);
-            let config = dir.join("configurations").join(format!("config_{name}"));
-            if let Ok(text) = std::fs::read(config) {
-                material.extend_from_slice(&text);
-            }
-            material.push(0);
-        }
-        for (k, v) in &self.cloudsdk_env {
-            material.extend_from_slice(format!("{k}={v}\0").as_bytes());
-        }
-        material
     }
 }
 
