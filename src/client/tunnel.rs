@@ -103,9 +103,10 @@ impl TunnelConfig {
         }
     }
 
-    /// A refusal of the token names the source and principal it came from.
+    /// A refusal of the token (HTTP 401 at the upgrade) names the source and principal it
+    /// came from.
     fn refused(&self, failure: Error) -> Error {
-        if failure.kind != ExitKind::Authentication || !failure.message.contains("HTTP 401") {
+        if failure.http_status != Some(401) {
             return failure;
         }
         Error::auth(format!(
@@ -216,9 +217,8 @@ impl TunnelConfig {
                     return Err((failure, Retry::Yes));
                 }
                 None => {
-                    let failure = Error::other(
-                        "the relay closed the connection before the tunnel opened".to_owned(),
-                    );
+                    let failure =
+                        Error::other("the relay closed the connection before the tunnel opened");
                     return Err((failure, Retry::Yes));
                 }
             };
@@ -275,7 +275,7 @@ impl TunnelConfig {
         {
             (ws, Opened::Sid(sid)) => Ok((ws, sid)),
             (_, Opened::ResumedAt(_)) => Err(Error::other(
-                "the relay broke the protocol: it answered a new session with a resume".to_owned(),
+                "the relay broke the protocol: it answered a new session with a resume",
             )),
         }
     }
@@ -299,7 +299,7 @@ impl TunnelConfig {
             line: report::resuming(&self.target.describe(self.port), why),
             shown: false,
         };
-        let interrupted = || Error::other("interrupted while resuming the tunnel".to_owned());
+        let interrupted = || Error::other("interrupted while resuming the tunnel");
         loop {
             attempts += 1;
             let query = self.target.reconnect_query(sid, session.state.received());
@@ -336,8 +336,7 @@ impl TunnelConfig {
                 }
                 Ok((_, Opened::Sid(_))) => {
                     return Err(Error::other(
-                        "the relay broke the protocol: it answered a resume with a new session"
-                            .to_owned(),
+                        "the relay broke the protocol: it answered a resume with a new session",
                     ));
                 }
                 Err((failure, Retry::No)) => return Err(self.refused(failure)),
@@ -392,7 +391,7 @@ impl TunnelConfig {
     ) -> Result<(), Error> {
         let (mut ws, sid) = tokio::select! {
             connected = self.connect() => connected?,
-            () = cancel.cancelled() => return Err(Error::other("interrupted before the tunnel opened".to_owned())),
+            () = cancel.cancelled() => return Err(Error::other("interrupted before the tunnel opened")),
         };
         let opened_at = Instant::now();
         let target = self.target.describe(self.port);
@@ -465,9 +464,7 @@ impl TunnelConfig {
                 PumpEnd::Detached { code } => Err(Error::other(format!(
                     "the tunnel was detached with code {code}"
                 ))),
-                PumpEnd::IdleTimeout => {
-                    Err(Error::other("the tunnel was idle too long".to_owned()))
-                }
+                PumpEnd::IdleTimeout => Err(Error::other("the tunnel was idle too long")),
             };
         };
         // Whatever arrived before the end still belongs to the user.

@@ -168,6 +168,15 @@ mod tests {
         assert!(err.contains(&path.display().to_string()), "{err}");
         assert!(!err.contains('\n'), "one line: {err}");
 
+        std::fs::write(&path, "resume_timeout_secs = \"x\"\n").unwrap();
+        let err = load(&path, false).unwrap_err().message;
+        assert!(
+            err.ends_with(
+                ": invalid type: string \"x\", expected u64 (keys: endpoint, ca_file, host_suffix, project, zone, proxy, resume_timeout_secs)"
+            ),
+            "{err}"
+        );
+
         let missing = dir.path().join("none.toml");
         assert!(load(&missing, false).unwrap().is_none());
         assert!(
