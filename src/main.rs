@@ -11,113 +11,15 @@ use std::process::ExitCode;
 use std::sync::Arc;
 
 use argh::FromArgs;
-use iap_ssh::client::config::TargetArgs;
+use iap_ssh::client::cli::{Args, short_forms};
+use iap_ssh::client::destination::TargetArgs;
 use iap_ssh::client::ssh_config::SshConfigBlock;
 use iap_ssh::client::tunnel::TunnelConfig;
-use iap_ssh::client::{Options, check, listen, stdio, user_config};
+use iap_ssh::client::{Error, ExitKind, Options, check, listen, options, stdio, user_config};
+use tokio_util::sync::CancellationToken;
 
 /// The suffix stripped from HOST when neither `--host-suffix` nor the configuration file says.
 const DEFAULT_HOST_SUFFIX: &str = ".iap";
-use iap_ssh::close::ExitKind;
-use tokio_util::sync::CancellationToken;
-
-/// tunnel ssh (or any TCP) through Identity-Aware Proxy TCP forwarding
-#[derive(FromArgs, Debug)]
-#[argh(
-    example = "As an ssh ProxyCommand (stdin and stdout are the tunnel):\n  ssh -o ProxyCommand='iap-ssh %h %p' vm-1.us-central1-a.my-project.iap\n  ssh -o ProxyCommand='iap-ssh --project my-project --zone us-central1-a %h %p' vm-1",
-    example = "A local port, one tunnel per connection (RDP, databases):\n  iap-ssh --listen 127.0.0.1:0 vm-1.us-central1-a.my-project 3389",
-    example = "Check a tunnel, or write a Host block for ~/.ssh/config:\n  iap-ssh --check vm-1.us-central1-a.my-project 22\n  iap-ssh --print-ssh-config --project my-project >> ~/.ssh/config",
-    note = "HOST is INSTANCE[.ZONE[.PROJECT]] with an optional suffix (--host-suffix, default .iap),\nor an IP address or DNS name with --region and --network.\n\nProject and zone, first found: HOST, --project and --zone, CLOUDSDK_CORE_PROJECT and\nCLOUDSDK_COMPUTE_ZONE, the active gcloud configuration (CLOUDSDK_CONFIG), the credentials\nfile.\n\nCredentials, first found: --access-token-file, --credentials, CLOUDSDK_AUTH_ACCESS_TOKEN_FILE,\ngcloud's auth/access_token_file, the gcloud account, GOOGLE_APPLICATION_CREDENTIALS, gcloud's\nADC file, the metadata server (GCE_METADATA_HOST, or on a GCE VM).\n\nEnvironment: CLOUDSDK_CORE_REQUEST_REASON, CLOUDSDK_CORE_UNIVERSE_DOMAIN, HTTPS_PROXY,\nNO_PROXY, XDG_CACHE_HOME (token cache), IAP_SSH_TOKENINFO_URL, RUST_LOG.",
-    error_code(1, "other failure, network trouble included"),
-    error_code(2, "usage"),
-    error_code(3, "authentication"),
-    error_code(4, "not authorized (4033)"),
-    error_code(5, "not found (4047)"),
-    error_code(6, "backend unreachable (4003)")
-)]
-struct Args {
-    /// project of the instance (default: from HOST, CLOUDSDK_CORE_PROJECT, gcloud config)
-    #[argh(option)]
-    project: Option<String>,
-    /// zone of the instance (default: from HOST, CLOUDSDK_COMPUTE_ZONE, gcloud config)
-    #[argh(option)]
-    zone: Option<String>,
-    /// network interface of the instance (default: nic0)
-    #[argh(option)]
-    interface: Option<String>,
-    /// region, for an IP address or FQDN target (with --network)
-    #[argh(option)]
-    region: Option<String>,
-    /// VPC network, for an IP address or FQDN target (with --region)
-    #[argh(option)]
-    network: Option<String>,
-    /// destination group, for an IP address or FQDN target
-    #[argh(option)]
-    dest_group: Option<String>,
-    /// suffix stripped from HOST (default: .iap; empty for none)
-    #[argh(option)]
-    host_suffix: Option<String>,
-    /// listen on ADDR (e.g. 127.0.0.1:0 or [::1]:0) and open one tunnel per connection
-    #[argh(option)]
-    listen: Option<String>,
-    /// open one tunnel, report whether it works, and exit with its status
-    #[argh(switch)]
-    check: bool,
-    /// with --listen: skip the start-up connection check
-    #[argh(switch)]
-    no_check: bool,
-    /// print a Host block for ~/.ssh/config (with --project, --zone, --endpoint ...) and exit
-    #[argh(switch)]
-    print_ssh_config: bool,
-    /// relay URL (default: wss://tunnel.cloudproxy.app/v4, or the mTLS host with --client-cert)
-    #[argh(option)]
-    endpoint: Option<String>,
-    /// PEM file of CA certificates trusted besides the system roots
-    #[argh(option)]
-    ca_file: Option<PathBuf>,
-    /// PEM client certificate for mutual TLS (with --client-key)
-    #[argh(option)]
-    client_cert: Option<PathBuf>,
-    /// PEM private key of --client-cert
-    #[argh(option)]
-    client_key: Option<PathBuf>,
-    /// HTTP proxy URL, http://[USER:PASSWORD@]HOST:PORT (default: HTTPS_PROXY; "none" for none)
-    #[argh(option)]
-    proxy: Option<String>,
-    /// file holding an OAuth access token (also CLOUDSDK_AUTH_ACCESS_TOKEN_FILE)
-    #[argh(option)]
-    access_token_file: Option<PathBuf>,
-    /// credential source: gcloud (the gcloud account), adc (Application Default
-    /// Credentials), or a credentials file of any type (default: gcloud's account if active,
-    /// else ADC)
-    #[argh(option)]
-    credentials: Option<String>,
-    /// credentials file of any type (service account, authorized user, impersonated,
-    /// external account): the same as --credentials FILE
-    #[argh(option)]
-    credentials_file: Option<PathBuf>,
-    /// do not keep access tokens in the user cache folder between runs
-    #[argh(switch)]
-    no_token_cache: bool,
-    /// seconds to keep trying to resume a tunnel whose connection was lost (default: 900)
-    #[argh(option)]
-    resume_timeout: Option<u64>,
-    /// reason for access, sent as X-Goog-Request-Reason (also CLOUDSDK_CORE_REQUEST_REASON)
-    #[argh(option)]
-    request_reason: Option<String>,
-    /// universe domain (default: googleapis.com; another one uses the relay tunnel-cloudproxy.DOMAIN; also CLOUDSDK_CORE_UNIVERSE_DOMAIN)
-    #[argh(option)]
-    universe_domain: Option<String>,
-    /// more diagnostics on stderr: -v a line per tunnel, -vv handshake steps and timings
-    #[argh(switch, short = 'v')]
-    verbose: u8,
-    /// print the version and exit (also -V)
-    #[argh(switch)]
-    version: bool,
-    /// HOST (INSTANCE[.ZONE[.PROJECT]], IP address or FQDN) and PORT
-    #[argh(positional, arg_name = "HOST PORT")]
-    destination: Vec<String>,
-}
 
 /// What `main` reads from the environment on the library's behalf.
 fn env(name: &str) -> Option<String> {
@@ -142,19 +44,17 @@ fn main() -> ExitCode {
     if args.print_ssh_config {
         return print_ssh_config(&args);
     }
-    let listen = match args.listen.as_deref().map(parse_listen) {
-        None => None,
-        Some(Ok(addr)) => Some(addr),
-        Some(Err(message)) => return fail(ExitKind::Usage, &message),
+    let listen = match args.listen.as_deref().map(parse_listen).transpose() {
+        Ok(listen) => listen,
+        Err(e) => return fail(e),
     };
     if listen.is_some() && args.check {
-        return fail(
-            ExitKind::Usage,
+        return fail(Error::usage(
             "--check and --listen are separate modes: give one (--listen checks at start-up)",
-        );
+        ));
     }
     if args.no_check && listen.is_none() {
-        return fail(ExitKind::Usage, "--no-check goes with --listen");
+        return fail(Error::usage("--no-check goes with --listen"));
     }
     iap_ssh::logging::init_stderr(args.verbose, if listen.is_some() { "info" } else { "warn" });
     // google-cloud-auth signs and speaks TLS through the process's rustls provider: ring,
@@ -162,7 +62,7 @@ fn main() -> ExitCode {
     let _ = rustls::crypto::ring::default_provider().install_default();
     let config = match build_config(&args) {
         Ok(config) => config,
-        Err((kind, message)) => return fail(kind, &message),
+        Err(e) => return fail(e),
     };
     if let Some(code) = reexec_for_token_proxy(&config) {
         return code;
@@ -174,14 +74,13 @@ fn main() -> ExitCode {
     }
 }
 
-fn build_config(args: &Args) -> Result<TunnelConfig, (ExitKind, String)> {
-    let usage = |m: &str| (ExitKind::Usage, m.to_owned());
+fn build_config(args: &Args) -> Result<TunnelConfig, Error> {
     let [host, port] = <[String; 2]>::try_from(args.destination.clone()).unwrap_or_default();
     if host.is_empty() || port.is_empty() {
-        return Err(usage("expected HOST PORT (try --help)"));
+        return Err(Error::usage("expected HOST PORT (try --help)"));
     }
     let Ok(port) = port.parse::<u16>() else {
-        return Err(usage(&format!(
+        return Err(Error::usage(format!(
             "PORT {port:?} is not a number from 1 to 65535"
         )));
     };
@@ -200,42 +99,17 @@ fn build_config(args: &Args) -> Result<TunnelConfig, (ExitKind, String)> {
         .or_else(|| home_dir(".config/gcloud"));
     // The user's configuration file: each flag given wins over it.
     let file = match user_config::location(&env) {
-        Some((path, named)) => user_config::load(&path, named).map_err(|m| usage(&m))?,
+        Some((path, named)) => user_config::load(&path, named)?,
         None => None,
     };
-    let file_values = file.as_ref().map(|f| f.values.clone()).unwrap_or_default();
-    let mut origins = Vec::new();
-    let mut pick = |name: &str, flag: Option<String>, from_file: Option<String>| {
-        let chosen = match (flag, from_file) {
-            (Some(v), _) => Some((v, format!("--{name}"))),
-            (None, Some(v)) => file.as_ref().map(|f| (v, f.label())),
-            (None, None) => None,
-        };
-        chosen.map(|(value, from)| {
-            let shown = without_password(&value);
-            origins.push((name.to_owned(), format!("{shown} ({from})")));
-            value
-        })
-    };
-    let shown = |p: &Option<PathBuf>| p.as_ref().map(|p| p.display().to_string());
-    let endpoint = pick("endpoint", args.endpoint.clone(), file_values.endpoint);
-    let ca_file = pick("ca-file", shown(&args.ca_file), shown(&file_values.ca_file));
-    let suffix = pick(
-        "host-suffix",
-        args.host_suffix.clone(),
-        file_values.host_suffix,
-    );
-    let proxy = pick("proxy", args.proxy.clone(), file_values.proxy);
-    let resume_timeout = pick(
-        "resume-timeout",
-        args.resume_timeout.map(|s| s.to_string()),
-        file_values.resume_timeout_secs.map(|s| s.to_string()),
-    )
-    .and_then(|s| s.parse::<u64>().ok());
+    let merged = options::merge(args, file.as_ref());
     let options = Options {
         target: TargetArgs {
             host,
-            suffix: suffix.unwrap_or_else(|| DEFAULT_HOST_SUFFIX.to_owned()),
+            suffix: merged
+                .get("host-suffix")
+                .unwrap_or(DEFAULT_HOST_SUFFIX)
+                .to_owned(),
             project: args.project.clone(),
             zone: args.zone.clone(),
             interface: args.interface.clone(),
@@ -244,14 +118,14 @@ fn build_config(args: &Args) -> Result<TunnelConfig, (ExitKind, String)> {
             dest_group: args.dest_group.clone(),
         },
         port,
-        endpoint,
-        ca_file: ca_file.map(PathBuf::from),
+        endpoint: merged.get("endpoint").map(str::to_owned),
+        ca_file: merged.get("ca-file").map(PathBuf::from),
         access_token_file: args.access_token_file.clone(),
         credentials: args.credentials.clone(),
         credentials_file: args.credentials_file.clone(),
         client_cert: args.client_cert.clone(),
         client_key: args.client_key.clone(),
-        proxy,
+        proxy: merged.get("proxy").map(str::to_owned),
         token_cache_dir,
         gcloud_config_dir,
         home_adc_file: home_dir(".config/gcloud/application_default_credentials.json"),
@@ -264,30 +138,16 @@ fn build_config(args: &Args) -> Result<TunnelConfig, (ExitKind, String)> {
             vars
         },
         on_gce: on_gce(),
-        resume_timeout: resume_timeout.map(std::time::Duration::from_secs),
+        resume_timeout: merged
+            .get("resume-timeout")
+            .and_then(|s| s.parse::<u64>().ok())
+            .map(std::time::Duration::from_secs),
         request_reason: args.request_reason.clone(),
         universe_domain: args.universe_domain.clone(),
         user_config: file,
-        origins,
+        origins: merged.origins,
     };
-    options.into_config(&env).map_err(|e| (e.kind, e.message))
-}
-
-/// `value` for display: a URL's password (a proxy's `http://user:password@host`) replaced
-/// by `***`; anything else as is.
-fn without_password(value: &str) -> String {
-    let Some((scheme, rest)) = value.split_once("://") else {
-        return value.to_owned();
-    };
-    let authority_end = rest.find('/').unwrap_or(rest.len());
-    let (authority, path) = rest.split_at(authority_end);
-    match authority.rsplit_once('@') {
-        Some((userinfo, host)) => {
-            let user = userinfo.split(':').next().unwrap_or_default();
-            format!("{scheme}://{user}:***@{host}{path}")
-        }
-        None => value.to_owned(),
-    }
+    options.into_config(&env)
 }
 
 /// Whether the machine says it is a Compute Engine VM, as Google's libraries check before
@@ -339,10 +199,9 @@ fn reexec_for_token_proxy(config: &TunnelConfig) -> Option<ExitCode> {
     let program = match std::env::current_exe() {
         Ok(p) => p,
         Err(e) => {
-            return Some(fail(
-                ExitKind::Other,
-                &format!("finding this program to set its proxy: {e}"),
-            ));
+            return Some(fail(Error::other(format!(
+                "finding this program to set its proxy: {e}"
+            ))));
         }
     };
     let mut cmd = std::process::Command::new(program);
@@ -356,14 +215,13 @@ fn reexec_for_token_proxy(config: &TunnelConfig) -> Option<ExitCode> {
     }
     tracing::debug!("running again with the token proxy in the environment");
     let e = cmd.exec();
-    Some(fail(
-        ExitKind::Other,
-        &format!("running again with the proxy set: {e}"),
-    ))
+    Some(fail(Error::other(format!(
+        "running again with the proxy set: {e}"
+    ))))
 }
 
 /// `127.0.0.1:0`, `[::1]:0`, `localhost:N`, or a bare port (on 127.0.0.1).
-fn parse_listen(text: &str) -> Result<SocketAddr, String> {
+fn parse_listen(text: &str) -> Result<SocketAddr, Error> {
     if let Ok(addr) = text.parse::<SocketAddr>() {
         return Ok(addr);
     }
@@ -372,9 +230,9 @@ fn parse_listen(text: &str) -> Result<SocketAddr, String> {
     port.parse::<u16>()
         .map(|port| SocketAddr::new(localhost, port))
         .map_err(|_| {
-            format!(
+            Error::usage(format!(
                 "--listen {text:?} is not an address: use IP:PORT, such as 127.0.0.1:0 or [::1]:0 (port 0 picks a free port)"
-            )
+            ))
         })
 }
 
@@ -388,7 +246,7 @@ fn runtime(multi_thread: bool) -> Result<tokio::runtime::Runtime, ExitCode> {
     builder
         .enable_all()
         .build()
-        .map_err(|e| fail(ExitKind::Other, &format!("starting the runtime: {e}")))
+        .map_err(|e| fail(Error::other(format!("starting the runtime: {e}"))))
 }
 
 fn run_stdio(config: &TunnelConfig) -> ExitCode {
@@ -405,7 +263,7 @@ fn run_stdio(config: &TunnelConfig) -> ExitCode {
     runtime.shutdown_background();
     match result {
         Ok(()) => ExitCode::SUCCESS,
-        Err(e) => fail(e.kind, &e.message),
+        Err(e) => fail(e),
     }
 }
 
@@ -423,7 +281,7 @@ fn run_check(config: &TunnelConfig) -> ExitCode {
     let _ = out.flush();
     match report.result {
         Ok(_) => ExitCode::SUCCESS,
-        Err(e) => fail(e.kind, &e.message),
+        Err(e) => fail(e),
     }
 }
 
@@ -435,19 +293,16 @@ fn run_listen(config: TunnelConfig, addr: SocketAddr, startup_check: bool) -> Ex
     let config = Arc::new(config);
     let result = runtime.block_on(async {
         let listener = tokio::net::TcpListener::bind(addr).await.map_err(|e| {
-            (
-                ExitKind::Usage,
-                format!("listening on {addr}: {e}: pick another address or port (port 0 picks a free one)"),
-            )
+            Error::usage(format!(
+                "listening on {addr}: {e}: pick another address or port (port 0 picks a free one)"
+            ))
         })?;
         let bound = listener
             .local_addr()
-            .map_err(|e| (ExitKind::Other, format!("reading the listening address: {e}")))?;
+            .map_err(|e| Error::other(format!("reading the listening address: {e}")))?;
         if startup_check {
             eprintln!("Testing if tunnel connection works.");
-            if let Err(e) = check::run(&config).await.result {
-                return Err((e.kind, e.message));
-            }
+            check::run(&config).await.result?;
         }
         // gcloud's readiness line, which scripts wait for; flushed at once.
         let mut out = std::io::stdout().lock();
@@ -464,7 +319,7 @@ fn run_listen(config: TunnelConfig, addr: SocketAddr, startup_check: bool) -> Ex
     runtime.shutdown_background();
     match result {
         Ok(()) => ExitCode::SUCCESS,
-        Err((kind, message)) => fail(kind, &message),
+        Err(e) => fail(e),
     }
 }
 
@@ -494,16 +349,14 @@ fn program_for_ssh_config() -> String {
 fn print_ssh_config(args: &Args) -> ExitCode {
     // Everything given is either carried into the block or refused: nothing is dropped.
     let refuse = |what: &str| {
-        fail(
-            ExitKind::Usage,
-            &format!("--print-ssh-config does not go with {what}"),
-        )
+        fail(Error::usage(format!(
+            "--print-ssh-config does not go with {what}"
+        )))
     };
     if !args.destination.is_empty() {
-        return fail(
-            ExitKind::Usage,
+        return fail(Error::usage(
             "--print-ssh-config prints a block for every HOST: drop HOST PORT (ssh fills in %h %p)",
-        );
+        ));
     }
     if args.check {
         return refuse("--check (one mode at a time)");
@@ -511,52 +364,9 @@ fn print_ssh_config(args: &Args) -> ExitCode {
     if args.listen.is_some() || args.no_check {
         return refuse("--listen or --no-check (a ProxyCommand uses stdin and stdout)");
     }
-    let mut options: Vec<(String, Option<String>)> = Vec::new();
-    let mut add = |flag: &str, value: Option<String>| {
-        if let Some(v) = value {
-            options.push((flag.to_owned(), Some(v)));
-        }
-    };
     // ssh runs the ProxyCommand in its own working directory: paths become absolute.
     let cwd = std::env::current_dir().ok();
-    let path = |p: &Option<PathBuf>| {
-        p.as_ref().map(|p| match &cwd {
-            Some(cwd) if p.is_relative() => cwd.join(p).display().to_string(),
-            _ => p.display().to_string(),
-        })
-    };
-    add("--project", args.project.clone());
-    add("--zone", args.zone.clone());
-    add("--interface", args.interface.clone());
-    add("--region", args.region.clone());
-    add("--network", args.network.clone());
-    add("--dest-group", args.dest_group.clone());
-    add("--host-suffix", args.host_suffix.clone());
-    add("--endpoint", args.endpoint.clone());
-    add("--ca-file", path(&args.ca_file));
-    add("--client-cert", path(&args.client_cert));
-    add("--client-key", path(&args.client_key));
-    add("--proxy", args.proxy.clone());
-    add("--access-token-file", path(&args.access_token_file));
-    // `gcloud` and `adc` name sources; anything else is a file.
-    let credentials = match args.credentials.as_deref() {
-        Some(source @ ("gcloud" | "adc")) => Some(source.to_owned()),
-        other => path(&other.map(PathBuf::from)),
-    };
-    add("--credentials", credentials);
-    add("--credentials-file", path(&args.credentials_file));
-    add(
-        "--resume-timeout",
-        args.resume_timeout.map(|s| s.to_string()),
-    );
-    add("--request-reason", args.request_reason.clone());
-    add("--universe-domain", args.universe_domain.clone());
-    if args.no_token_cache {
-        options.push(("--no-token-cache".to_owned(), None));
-    }
-    for _ in 0..args.verbose {
-        options.push(("-v".to_owned(), None));
-    }
+    let options = options::proxy_command(args, cwd.as_deref());
     let block = SshConfigBlock {
         program: program_for_ssh_config(),
         // The Host pattern follows the suffix iap-ssh will strip: the flag's, else the
@@ -565,8 +375,8 @@ fn print_ssh_config(args: &Args) -> ExitCode {
             Some(s) => s.clone(),
             None => match user_config::location(&env) {
                 Some((path, named)) => match user_config::load(&path, named) {
-                    Ok(file) => file.and_then(|f| f.values.host_suffix),
-                    Err(message) => return fail(ExitKind::Usage, &message),
+                    Ok(file) => file.and_then(|f| f.get("host-suffix").map(str::to_owned)),
+                    Err(e) => return fail(e),
                 },
                 None => None,
             }
@@ -580,7 +390,7 @@ fn print_ssh_config(args: &Args) -> ExitCode {
         .and_then(|()| out.flush())
     {
         Ok(()) => ExitCode::SUCCESS,
-        Err(e) => fail(ExitKind::Other, &format!("writing to stdout: {e}")),
+        Err(e) => fail(Error::other(format!("writing to stdout: {e}"))),
     }
 }
 
@@ -603,96 +413,8 @@ fn parse_args() -> Result<Args, ExitCode> {
     })
 }
 
-/// Rewrites the short forms argh does not know into ones it does: `-h` to `--help`, `-V` to
-/// `--version`, and `-vv` (`-vvv` …) to repeated `-v`. A value after an option that takes one,
-/// and everything after `--`, is left alone.
-fn short_forms(argv: Vec<String>) -> Vec<String> {
-    const SWITCHES: &[&str] = &[
-        "--check",
-        "--no-check",
-        "--print-ssh-config",
-        "--no-token-cache",
-        "--verbose",
-        "--version",
-        "--help",
-    ];
-    let mut out = Vec::with_capacity(argv.len() + 2);
-    let mut args = argv.into_iter();
-    out.extend(args.next());
-    let mut value_next = false;
-    while let Some(arg) = args.next() {
-        if std::mem::take(&mut value_next) {
-            out.push(arg);
-            continue;
-        }
-        let repeated_v = arg
-            .strip_prefix('-')
-            .filter(|vs| vs.len() >= 2 && vs.bytes().all(|b| b == b'v'))
-            .map(str::len);
-        match (arg.as_str(), repeated_v) {
-            ("--", _) => {
-                out.push(arg);
-                out.extend(args.by_ref());
-            }
-            ("-h", _) => out.push("--help".to_owned()),
-            ("-V", _) => out.push("--version".to_owned()),
-            (_, Some(n)) => out.extend(std::iter::repeat_n("-v".to_owned(), n)),
-            (a, None) => {
-                value_next = a.starts_with("--") && !a.contains('=') && !SWITCHES.contains(&a);
-                out.push(arg);
-            }
-        }
-    }
-    out
-}
-
-fn fail(kind: ExitKind, message: &str) -> ExitCode {
-    eprintln!("iap-ssh: {message}");
-    ExitCode::from(kind.code())
-}
-
-#[cfg(test)]
-mod tests {
-    use super::short_forms;
-
-    #[test]
-    fn short_forms_become_long_ones() {
-        let cases = [
-            ("iap-ssh -h", "iap-ssh --help"),
-            ("iap-ssh -V", "iap-ssh --version"),
-            ("iap-ssh -vv h 22", "iap-ssh -v -v h 22"),
-            ("iap-ssh -vvv -v h 22", "iap-ssh -v -v -v -v h 22"),
-            ("iap-ssh -v -v h 22", "iap-ssh -v -v h 22"),
-            ("iap-ssh --zone -vv h 22", "iap-ssh --zone -vv h 22"),
-            (
-                "iap-ssh --request-reason -h h 22",
-                "iap-ssh --request-reason -h h 22",
-            ),
-            ("iap-ssh --check -vv h 22", "iap-ssh --check -v -v h 22"),
-            ("iap-ssh -- -vv -h", "iap-ssh -- -vv -h"),
-            ("iap-ssh -vx h", "iap-ssh -vx h"),
-        ];
-        for (input, want) in cases {
-            let argv = input.split(' ').map(str::to_owned).collect();
-            assert_eq!(short_forms(argv).join(" "), want, "{input}");
-        }
-    }
-}
-
-#[cfg(test)]
-mod display_tests {
-    use super::without_password;
-
-    #[test]
-    fn passwords_in_urls_are_not_shown() {
-        assert_eq!(
-            without_password("http://me:s3cret@proxy:3128"),
-            "http://me:***@proxy:3128"
-        );
-        assert_eq!(
-            without_password("http://proxy:3128/x"),
-            "http://proxy:3128/x"
-        );
-        assert_eq!(without_password("none"), "none");
-    }
+/// Prints `e` as the one stderr line and turns its kind into the exit status.
+fn fail(e: Error) -> ExitCode {
+    eprintln!("iap-ssh: {e}");
+    ExitCode::from(e.kind.code())
 }

@@ -1,7 +1,7 @@
 //! What a tunnel reaches: the [`Target`] type and the `/v4/connect` and
 //! `/v4/reconnect` query strings on both sides of the relay protocol
 //! (`protocol.md` §1.2, §1.3, §2). Resolving a target from the command line
-//! lives in `client::config`.
+//! lives in `client::destination`.
 
 use std::fmt;
 

@@ -1,4 +1,4 @@
-//! HOST resolution (`client::config::resolve`) and the gcloud configuration parser.
+//! HOST resolution (`client::destination::resolve`) and the gcloud configuration parser.
 //!
 //! Input: lines `HOST`, suffix, --project, --zone, --interface, --region, --network,
 //! --dest-group, CLOUDSDK_CORE_PROJECT, CLOUDSDK_COMPUTE_ZONE, fallback project, fallback zone;
@@ -6,7 +6,8 @@
 //! query parser must accept too, unchanged.
 #![no_main]
 
-use iap_ssh::client::config::{Fallback, GcloudProperties, TargetArgs, resolve};
+use iap_ssh::client::destination::{Fallback, TargetArgs, resolve};
+use iap_ssh::client::gcloud_properties::GcloudProperties;
 use iap_ssh::target::parse_connect_query;
 use libfuzzer_sys::fuzz_target;
 

@@ -23,8 +23,8 @@ use google_cloud_auth::credentials::{
 use serde_json::Value;
 
 use super::auth::{SCOPES, Token};
+use super::error::Error;
 use super::proxy::Proxy;
-use crate::close::ExitKind;
 
 /// Google's token-info endpoint: the default for [`TokenInfo`].
 pub const DEFAULT_TOKENINFO_URL: &str = "https://oauth2.googleapis.com/tokeninfo";
@@ -87,27 +87,19 @@ impl std::fmt::Debug for Built {
     }
 }
 
-/// A failed token fetch: its exit kind and one line.
-#[derive(Clone, Debug)]
-pub struct FetchError {
-    /// Network failures are [`ExitKind::Other`]; refusals [`ExitKind::Authentication`].
-    pub kind: ExitKind,
-    /// Names the source, the failure and what to do.
-    pub message: String,
-}
-
 impl Library {
     /// Credentials from a file of any supported type.
     ///
     /// # Errors
-    /// A message naming the file and, when it has one, its type: unreadable, not JSON, an
-    /// unknown type, or fields the library needs are missing.
-    pub fn from_file(path: &Path, how: &str) -> Result<Library, String> {
+    /// An authentication error naming the file and, when it has one, its type: unreadable,
+    /// not JSON, an unknown type, or fields the library needs are missing.
+    pub fn from_file(path: &Path, how: &str) -> Result<Library, Error> {
         let shown = path.display();
-        let text = std::fs::read_to_string(path)
-            .map_err(|e| format!("reading the credentials file {shown} ({how}): {e}"))?;
+        let text = std::fs::read_to_string(path).map_err(|e| {
+            Error::auth(format!("reading the credentials file {shown} ({how}): {e}"))
+        })?;
         let json: Value = serde_json::from_str(&text).map_err(|e| {
-            format!("the credentials file {shown} ({how}) is not JSON ({e}): pass a credentials file written by gcloud or downloaded from Google Cloud")
+            Error::auth(format!("the credentials file {shown} ({how}) is not JSON ({e}): pass a credentials file written by gcloud or downloaded from Google Cloud"))
         })?;
         let kind = json
             .get("type")
@@ -127,9 +119,9 @@ impl Library {
         };
         if !KNOWN_TYPES.split(", ").any(|k| k == kind) {
             let kind = if kind.is_empty() { "no type" } else { &kind };
-            return Err(format!(
+            return Err(Error::auth(format!(
                 "the credentials file {shown} ({how}) has type {kind}, which iap-ssh cannot use (it reads {KNOWN_TYPES})"
-            ));
+            )));
         }
         // The library's credentials are built on first use, inside the runtime (building
         // starts a task); missing fields are reported then, naming the file and its type.
@@ -183,17 +175,17 @@ impl Library {
         }
     }
 
-    fn build(&self) -> Result<Built, String> {
+    fn build(&self) -> Result<Built, Error> {
         if let (Origin::File { kind, .. }, Some(json)) = (&self.origin, &self.json)
             && kind == "service_account"
         {
             return gcp_auth::CustomServiceAccount::from_json(&json.to_string())
                 .map(|k| Built::Key(Arc::new(k)))
                 .map_err(|e| {
-                    format!(
+                    Error::auth(format!(
                         "{} cannot be used: {e}: pass a JSON key file downloaded for a service account",
                         self.describe()
-                    )
+                    ))
                 });
         }
         let scopes = SCOPES.iter().copied();
@@ -219,23 +211,26 @@ impl Library {
                     }
                     other => {
                         let other = if other.is_empty() { "no type" } else { other };
-                        return Err(format!(
+                        return Err(Error::auth(format!(
                             "{} has type {other}, which iap-ssh cannot use (it reads {KNOWN_TYPES})",
                             self.file_label()
-                        ));
+                        )));
                     }
                 }
             }
             (Origin::File { .. }, None) => {
-                return Err(format!("{} has no contents", self.file_label()));
+                return Err(Error::auth(format!(
+                    "{} has no contents",
+                    self.file_label()
+                )));
             }
         };
         built.map(Built::Google).map_err(|e| {
-            format!(
+            Error::auth(format!(
                 "{} cannot be used: {}: fix or replace the file",
                 self.describe(),
                 error_chain(&e)
-            )
+            ))
         })
     }
 
@@ -259,12 +254,10 @@ impl Library {
     /// Unix seconds when the library tells it (gcp_auth does; google-cloud-auth does not).
     ///
     /// # Errors
-    /// A [`FetchError`]: network failures name the host and exit 1; refusals name the source.
-    pub async fn fetch(&self) -> Result<(Token, Option<u64>), FetchError> {
-        let auth = |message: String| FetchError {
-            kind: ExitKind::Authentication,
-            message,
-        };
+    /// An [`Error`]: network failures name the host and exit 1; refusals name the source
+    /// and exit 3.
+    pub async fn fetch(&self) -> Result<(Token, Option<u64>), Error> {
+        let auth = Error::auth;
         let creds = {
             let mut slot = self
                 .creds
@@ -273,7 +266,7 @@ impl Library {
             match slot.as_ref() {
                 Some(c) => c.clone(),
                 None => {
-                    let c = self.build().map_err(auth)?;
+                    let c = self.build()?;
                     *slot = Some(c.clone());
                     c
                 }
@@ -301,26 +294,17 @@ impl Library {
             .map_err(|e| auth(format!("{} gave an unusable token: {e}", self.describe())))
     }
 
-    fn fetch_error(&self, e: &(dyn std::error::Error + 'static)) -> FetchError {
-        let auth = |message: String| FetchError {
-            kind: ExitKind::Authentication,
-            message,
-        };
-        {
-            let chain = error_chain(e);
-            match network_host(e) {
-                Some(host) => FetchError {
-                    kind: ExitKind::Other,
-                    message: format!(
-                        "network error: could not reach {host} to get a token from {}: {chain}: check the network and proxy settings (--proxy, HTTPS_PROXY, NO_PROXY)",
-                        self.describe()
-                    ),
-                },
-                None => auth(format!(
-                    "getting a token from {} failed: {chain}",
-                    self.describe()
-                )),
-            }
+    fn fetch_error(&self, e: &(dyn std::error::Error + 'static)) -> Error {
+        let chain = error_chain(e);
+        match network_host(e) {
+            Some(host) => Error::other(format!(
+                "network error: could not reach {host} to get a token from {}: {chain}: check the network and proxy settings (--proxy, HTTPS_PROXY, NO_PROXY)",
+                self.describe()
+            )),
+            None => Error::auth(format!(
+                "getting a token from {} failed: {chain}",
+                self.describe()
+            )),
         }
     }
 }
@@ -395,12 +379,12 @@ impl TokenInfo {
     /// A client for `url`, through `proxy` when given, trusting what `tls` trusts.
     ///
     /// # Errors
-    /// When the HTTP client cannot be built.
+    /// An authentication error when the HTTP client cannot be built.
     pub fn new(
         url: &str,
         proxy: Option<&Proxy>,
         tls: Arc<rustls::ClientConfig>,
-    ) -> Result<TokenInfo, String> {
+    ) -> Result<TokenInfo, Error> {
         let mut tls = (*tls).clone();
         tls.alpn_protocols = vec![b"http/1.1".to_vec()];
         let builder = reqwest::Client::builder()
@@ -409,13 +393,13 @@ impl TokenInfo {
         let builder = match proxy {
             Some(p) => builder.proxy(
                 reqwest::Proxy::all(p.url())
-                    .map_err(|e| format!("proxy {}: {e}", p.authority()))?,
+                    .map_err(|e| Error::auth(format!("proxy {}: {e}", p.authority())))?,
             ),
             None => builder.no_proxy(),
         };
         let client = builder
             .build()
-            .map_err(|e| format!("building the token-info client: {e}"))?;
+            .map_err(|e| Error::auth(format!("building the token-info client: {e}")))?;
         Ok(TokenInfo {
             url: url.to_owned(),
             client,
@@ -426,7 +410,7 @@ impl TokenInfo {
     ///
     /// # Errors
     /// When the endpoint cannot be reached or does not know the token.
-    pub async fn lookup(&self, token: &Token) -> Result<TokenFacts, String> {
+    pub async fn lookup(&self, token: &Token) -> Result<TokenFacts, Error> {
         #[derive(serde::Deserialize)]
         struct Answer {
             #[serde(default)]
@@ -447,20 +431,30 @@ impl TokenInfo {
             .form(&[("access_token", token.secret())])
             .send()
             .await
-            .map_err(|e| format!("asking {} about the token: {}", self.url, error_chain(&e)))?;
+            .map_err(|e| {
+                Error::other(format!(
+                    "asking {} about the token: {}",
+                    self.url,
+                    error_chain(&e)
+                ))
+            })?;
         let status = response.status();
         if !status.is_success() {
-            return Err(format!("{} answered HTTP {status}", self.url));
+            return Err(Error::other(format!("{} answered HTTP {status}", self.url)));
         }
         let body = response
             .bytes()
             .await
-            .map_err(|e| format!("reading {}: {e}", self.url))?;
-        let answer: Answer = serde_json::from_slice(&body)
-            .map_err(|e| format!("{} answered something other than JSON: {e}", self.url))?;
+            .map_err(|e| Error::other(format!("reading {}: {e}", self.url)))?;
+        let answer: Answer = serde_json::from_slice(&body).map_err(|e| {
+            Error::other(format!(
+                "{} answered something other than JSON: {e}",
+                self.url
+            ))
+        })?;
         let expires_at = number(&answer.exp)
             .or_else(|| number(&answer.expires_in).map(|s| super::cache::unix_now() + s))
-            .ok_or_else(|| format!("{} gave no expiry", self.url))?;
+            .ok_or_else(|| Error::other(format!("{} gave no expiry", self.url)))?;
         Ok(TokenFacts {
             expires_at,
             email: answer.email.filter(|e| !e.is_empty()),
@@ -496,10 +490,14 @@ mod tests {
             "{err}"
         );
         std::fs::write(&path, r#"{"type": "gdch_service_account"}"#).unwrap();
-        let err = Library::from_file(&path, "--credentials").unwrap_err();
+        let err = Library::from_file(&path, "--credentials")
+            .unwrap_err()
+            .message;
         assert!(err.contains("has type gdch_service_account"), "{err}");
         std::fs::write(&path, "nope").unwrap();
-        let err = Library::from_file(&path, "--credentials").unwrap_err();
+        let err = Library::from_file(&path, "--credentials")
+            .unwrap_err()
+            .message;
         assert!(err.contains("is not JSON"), "{err}");
     }
 }

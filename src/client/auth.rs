@@ -14,13 +14,12 @@ use std::sync::Mutex;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
-use anyhow::bail;
 use tokio_tungstenite::tungstenite::http::HeaderValue;
 
 use super::adc::{Library, Origin, TokenInfo};
 use super::cache::{Cached, TokenCache, unix_now};
+use super::error::Error;
 use super::gcloud::{GcloudAnswer, GcloudRunner};
-use crate::close::ExitKind;
 
 /// OAuth scopes requested from Google: `cloud-platform` carries IAP's permission and
 /// `userinfo.email` lets a relay's token-info check learn who the caller is.
@@ -40,17 +39,17 @@ impl Token {
     /// Wraps a token after checking it can travel in an HTTP header.
     ///
     /// # Errors
-    /// When the text is empty or has characters a header cannot carry. The error never
-    /// contains the text itself.
-    pub fn new(text: &str) -> anyhow::Result<Token> {
+    /// An authentication error when the text is empty or has characters a header cannot
+    /// carry. The error never contains the text itself.
+    pub fn new(text: &str) -> Result<Token, Error> {
         let text = text.trim();
         if text.is_empty() {
-            bail!("the token is empty");
+            return Err(Error::auth("the token is empty"));
         }
         if !text.bytes().all(|b| b.is_ascii_graphic()) {
-            bail!(
-                "the token has spaces or non-ASCII characters (expected one line holding only the token)"
-            );
+            return Err(Error::auth(
+                "the token has spaces or non-ASCII characters (expected one line holding only the token)",
+            ));
         }
         Ok(Token(text.to_owned()))
     }
@@ -147,23 +146,6 @@ struct Fresh {
     principal: Option<String>,
     properties: Option<serde_json::Value>,
 }
-
-/// Why no token could be had: the exit kind and one line.
-#[derive(Clone, Debug)]
-pub struct TokenError {
-    /// [`ExitKind::Other`] for network failures, [`ExitKind::Authentication`] otherwise.
-    pub kind: ExitKind,
-    /// Names the source, what failed and what to do; never the token.
-    pub message: String,
-}
-
-impl fmt::Display for TokenError {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(&self.message)
-    }
-}
-
-impl std::error::Error for TokenError {}
 
 impl Credentials {
     fn from_source(source: Source, principal: Option<String>) -> Credentials {
@@ -324,9 +306,10 @@ impl Credentials {
     /// with its real expiry).
     ///
     /// # Errors
-    /// When the source cannot produce one within [`TOKEN_TIMEOUT`]; the message names the
-    /// source and what to do, never the token.
-    pub async fn token(&self) -> Result<Token, TokenError> {
+    /// When the source cannot produce one within [`TOKEN_TIMEOUT`]: an authentication error,
+    /// or [`ExitKind::Other`](super::ExitKind::Other) for network trouble. The message names
+    /// the source and what to do, never the token.
+    pub async fn token(&self) -> Result<Token, Error> {
         if let Some(cached) = self.load_cached() {
             tracing::info!(source = %self.describe_with_identity(), "using a cached token");
             return Ok(cached.token);
@@ -334,14 +317,11 @@ impl Credentials {
         let fresh = tokio::time::timeout(TOKEN_TIMEOUT, self.fetch())
             .await
             .unwrap_or_else(|_| {
-                Err(TokenError {
-                    kind: ExitKind::Other,
-                    message: format!(
-                        "network error: getting an access token from {} took longer than {}s: check the network and proxy settings",
-                        self.describe(),
-                        TOKEN_TIMEOUT.as_secs()
-                    ),
-                })
+                Err(Error::other(format!(
+                    "network error: getting an access token from {} took longer than {}s: check the network and proxy settings",
+                    self.describe(),
+                    TOKEN_TIMEOUT.as_secs()
+                )))
             })?;
         self.set_principal(fresh.principal.clone());
         tracing::info!(source = %self.describe_with_identity(), "got a fresh token");
@@ -411,11 +391,8 @@ impl Credentials {
     }
 
     /// A fresh token and, when known, its expiry in Unix seconds.
-    async fn fetch(&self) -> Result<Fresh, TokenError> {
-        let auth = |message: String| TokenError {
-            kind: ExitKind::Authentication,
-            message,
-        };
+    async fn fetch(&self) -> Result<Fresh, Error> {
+        let auth = Error::auth;
         match &self.source {
             Source::AccessTokenFile { path, how } => {
                 let text = tokio::fs::read_to_string(path).await.map_err(|e| {
@@ -450,11 +427,7 @@ impl Credentials {
                         let force = force_refresh.swap(false, Ordering::Relaxed);
                         tokio::task::spawn_blocking(move || runner.run(force))
                             .await
-                            .map_err(|e| auth(format!("running gcloud: {e}")))?
-                            .map_err(|e| TokenError {
-                                kind: e.kind,
-                                message: e.message,
-                            })?
+                            .map_err(|e| auth(format!("running gcloud: {e}")))??
                     }
                 };
                 let principal = answer
@@ -474,10 +447,7 @@ impl Credentials {
             Source::Library {
                 library, tokeninfo, ..
             } => {
-                let (token, known_expiry) = library.fetch().await.map_err(|e| TokenError {
-                    kind: e.kind,
-                    message: e.message,
-                })?;
+                let (token, known_expiry) = library.fetch().await?;
                 // google-cloud-auth keeps the expiry to itself; token-info tells it (once per
                 // fresh token, as the cache then serves it).
                 let facts = match (known_expiry, tokeninfo) {

@@ -7,7 +7,8 @@ use futures_util::SinkExt;
 use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::tungstenite::protocol::CloseFrame;
 
-use super::tunnel::{Failure, TunnelConfig};
+use super::error::Error;
+use super::tunnel::TunnelConfig;
 use crate::close;
 
 /// How long to wait for the relay to answer our close before dropping the connection.
@@ -23,7 +24,7 @@ pub struct Report {
     /// The destination and port.
     pub target: String,
     /// The session id and time to it, or the failure.
-    pub result: Result<(String, Duration), Failure>,
+    pub result: Result<(String, Duration), Error>,
     /// Where settings came from: `(name, "value (source)")`.
     pub origins: Vec<(String, String)>,
 }

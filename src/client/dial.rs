@@ -5,7 +5,6 @@ use std::net::IpAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use anyhow::{Context, anyhow, bail};
 use rustls_pki_types::ServerName;
 use tokio::net::TcpStream;
 use tokio_rustls::TlsConnector;
@@ -16,8 +15,8 @@ use tokio_tungstenite::tungstenite::http::{HeaderValue, Uri, header};
 use tokio_util::either::Either;
 
 use super::auth::Token;
+use super::error::{Error, ExitKind};
 use super::proxy::Proxy;
-use crate::close::ExitKind;
 use crate::wire::{SUBPROTOCOL, websocket_config};
 
 /// The `Origin` every IAP client sends; not a URL.
@@ -36,34 +35,6 @@ pub type RelayStream = Either<TlsStream<TcpStream>, TcpStream>;
 /// An open WebSocket to the relay.
 pub type RelaySocket = WebSocketStream<RelayStream>;
 
-/// A dial failure with the exit status it should produce.
-#[derive(Debug)]
-pub struct DialError {
-    /// Exit status category.
-    pub kind: ExitKind,
-    /// One line: what failed and what to do.
-    pub message: String,
-    /// The HTTP status when the relay (or a load balancer in front of it) answered the
-    /// upgrade with an error.
-    pub http_status: Option<u16>,
-}
-
-impl std::fmt::Display for DialError {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(&self.message)
-    }
-}
-
-impl std::error::Error for DialError {}
-
-fn dial_error(kind: ExitKind, message: String) -> DialError {
-    DialError {
-        kind,
-        message,
-        http_status: None,
-    }
-}
-
 /// Where the relay is: scheme, authority and path root (gcloud's `--iap-tunnel-url-override`
 /// semantics: an empty or `/` path means `/v4`).
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -80,31 +51,39 @@ impl Endpoint {
     /// Parses `wss://host[:port][/path]` (or `ws://` for a relay on a loopback address).
     ///
     /// # Errors
-    /// For other schemes, a missing host, or plain `ws://` to a non-loopback host (which would
-    /// send the bearer token in clear text).
-    pub fn parse(url: &str) -> anyhow::Result<Endpoint> {
-        let uri: Uri = url.parse().with_context(|| {
-            format!("relay endpoint {url:?} is not a URL (expected wss://HOST[:PORT][/PATH])")
+    /// A usage error for other schemes, a missing host, or plain `ws://` to a non-loopback host
+    /// (which would send the bearer token in clear text).
+    pub fn parse(url: &str) -> Result<Endpoint, Error> {
+        let uri: Uri = url.parse().map_err(|e| {
+            Error::usage(format!(
+                "relay endpoint {url:?} is not a URL (expected wss://HOST[:PORT][/PATH]): {e}"
+            ))
         })?;
         let tls = match uri.scheme_str() {
             Some("wss" | "https") => true,
             Some("ws" | "http") => false,
-            _ => bail!("relay endpoint {url:?} must start with wss://"),
+            _ => {
+                return Err(Error::usage(format!(
+                    "relay endpoint {url:?} must start with wss://"
+                )));
+            }
         };
         let host = uri
             .host()
             .filter(|h| !h.is_empty())
-            .ok_or_else(|| anyhow!("relay endpoint {url:?} has no host"))?
+            .ok_or_else(|| Error::usage(format!("relay endpoint {url:?} has no host")))?
             .trim_start_matches('[')
             .trim_end_matches(']')
             .to_owned();
         if uri.query().is_some() {
-            bail!("relay endpoint {url:?} must not have a query string");
+            return Err(Error::usage(format!(
+                "relay endpoint {url:?} must not have a query string"
+            )));
         }
         if !tls && !is_loopback(&host) {
-            bail!(
+            return Err(Error::usage(format!(
                 "refusing to send credentials over plain ws:// to {host}: use wss:// (plain ws:// is allowed only to a loopback relay)"
-            );
+            )));
         }
         let port = uri.port_u16().unwrap_or(if tls { 443 } else { 80 });
         let root = match uri.path().trim_end_matches('/') {
@@ -187,13 +166,14 @@ impl Dialer {
     /// Opens `/v4/<endpoint>?<query>` with `token`.
     ///
     /// # Errors
-    /// A [`DialError`] whose kind tells authentication failures (HTTP 401) from others.
+    /// An [`Error`] whose kind tells authentication failures (HTTP 401) from others, with the
+    /// HTTP status when the relay refused the upgrade.
     pub async fn open(
         &self,
         endpoint: &str,
         query: &str,
         token: &Token,
-    ) -> Result<RelaySocket, DialError> {
+    ) -> Result<RelaySocket, Error> {
         self.open_with(endpoint, query, token, None).await
     }
 
@@ -208,9 +188,9 @@ impl Dialer {
         query: &str,
         token: &Token,
         request_reason: Option<&HeaderValue>,
-    ) -> Result<RelaySocket, DialError> {
+    ) -> Result<RelaySocket, Error> {
         let relay = self.endpoint.authority();
-        let other = |message: String| dial_error(ExitKind::Other, message);
+        let other = Error::other;
         let (host, port) = (self.endpoint.host.as_str(), self.endpoint.port);
         let mut clock = StepClock::new();
         let tcp = match &self.endpoint.proxy {
@@ -347,25 +327,22 @@ pub fn millis(d: Duration) -> f64 {
     (d.as_secs_f64() * 10_000.0).round() / 10.0
 }
 
-async fn step<F: Future>(fut: F, what: impl FnOnce() -> String) -> Result<F::Output, DialError> {
+async fn step<F: Future>(fut: F, what: impl FnOnce() -> String) -> Result<F::Output, Error> {
     tokio::time::timeout(DIAL_STEP_TIMEOUT, fut)
         .await
         .map_err(|_| {
-            dial_error(
-                ExitKind::Other,
-                format!(
-                    "{} took longer than {}s: check the network path to the relay",
-                    what(),
-                    DIAL_STEP_TIMEOUT.as_secs()
-                ),
-            )
+            Error::other(format!(
+                "{} took longer than {}s: check the network path to the relay",
+                what(),
+                DIAL_STEP_TIMEOUT.as_secs()
+            ))
         })
 }
 
-fn upgrade_error(relay: &str, e: tokio_tungstenite::tungstenite::Error) -> DialError {
-    use tokio_tungstenite::tungstenite::Error;
+fn upgrade_error(relay: &str, e: tokio_tungstenite::tungstenite::Error) -> Error {
+    use tokio_tungstenite::tungstenite::Error as WsError;
     match e {
-        Error::Http(response) => {
+        WsError::Http(response) => {
             let status = response.status();
             let (kind, hint) = match status.as_u16() {
                 401 => (
@@ -382,9 +359,9 @@ fn upgrade_error(relay: &str, e: tokio_tungstenite::tungstenite::Error) -> DialE
                 ),
                 _ => (ExitKind::Other, "check --endpoint and the relay's logs"),
             };
-            DialError {
+            Error {
                 http_status: Some(status.as_u16()),
-                ..dial_error(
+                ..Error::new(
                     kind,
                     format!(
                         "the relay at {relay} answered the WebSocket upgrade with HTTP {status}: {hint}"
@@ -392,14 +369,12 @@ fn upgrade_error(relay: &str, e: tokio_tungstenite::tungstenite::Error) -> DialE
                 )
             }
         }
-        Error::Io(io) if tls_alert_hint(&io, relay).is_some() => dial_error(
-            ExitKind::Authentication,
-            tls_alert_hint(&io, relay).unwrap_or_default(),
-        ),
-        other => dial_error(
-            ExitKind::Other,
-            format!("WebSocket upgrade at the relay {relay} failed: {other}"),
-        ),
+        WsError::Io(io) if tls_alert_hint(&io, relay).is_some() => {
+            Error::auth(tls_alert_hint(&io, relay).unwrap_or_default())
+        }
+        other => Error::other(format!(
+            "WebSocket upgrade at the relay {relay} failed: {other}"
+        )),
     }
 }
 

@@ -14,8 +14,8 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use super::auth::Token;
-use super::config::GcloudProperties;
-use crate::close::ExitKind;
+use super::error::Error;
+use super::gcloud_properties::GcloudProperties;
 
 /// Upper bound on one gcloud run: its start-up plus one token refresh over a slow network.
 pub const GCLOUD_TIMEOUT: Duration = Duration::from_secs(60);
@@ -43,15 +43,6 @@ pub struct GcloudAnswer {
     pub expires_at: Option<u64>,
     /// `configuration.properties`.
     pub properties: GcloudProperties,
-}
-
-/// Why gcloud gave no token: the exit kind and a one-line message.
-#[derive(Clone, Debug)]
-pub struct GcloudError {
-    /// Network (1) or authentication (3).
-    pub kind: ExitKind,
-    /// One line naming what failed and what to do.
-    pub message: String,
 }
 
 #[derive(serde::Deserialize)]
@@ -108,14 +99,12 @@ impl GcloudRunner {
     /// [`GCLOUD_TIMEOUT`]; async callers run it on a blocking thread.
     ///
     /// # Errors
-    /// A [`GcloudError`] when gcloud cannot be run, fails, or answers without a token. The
-    /// message carries gcloud's own last error line (never a token: gcloud prints none there).
-    pub fn run(&self, force_refresh: bool) -> Result<GcloudAnswer, GcloudError> {
+    /// An [`Error`] when gcloud cannot be run, fails, or answers without a token: network
+    /// trouble exits 1, the rest 3. The message carries gcloud's own last error line (never a
+    /// token: gcloud prints none there).
+    pub fn run(&self, force_refresh: bool) -> Result<GcloudAnswer, Error> {
         let program = self.program.display().to_string();
-        let auth = |message: String| GcloudError {
-            kind: ExitKind::Authentication,
-            message,
-        };
+        let auth = Error::auth;
         tracing::info!(program = %program, "asking gcloud for the active account's token (gcloud config config-helper)");
         let mut child = self
             .command(force_refresh)
@@ -135,13 +124,10 @@ impl GcloudRunner {
                 Ok(None) => {
                     let _ = child.kill();
                     let _ = child.wait();
-                    return Err(GcloudError {
-                        kind: ExitKind::Other,
-                        message: format!(
-                            "gcloud config config-helper took longer than {}s: check the network and gcloud's proxy settings",
-                            GCLOUD_TIMEOUT.as_secs()
-                        ),
-                    });
+                    return Err(Error::other(format!(
+                        "gcloud config config-helper took longer than {}s: check the network and gcloud's proxy settings",
+                        GCLOUD_TIMEOUT.as_secs()
+                    )));
                 }
                 Err(e) => return Err(auth(format!("waiting for {program}: {e}"))),
             }
@@ -151,7 +137,7 @@ impl GcloudRunner {
         if !status.success() {
             return Err(explain_failure(&stderr));
         }
-        parse_answer(&stdout).map_err(auth)
+        parse_answer(&stdout)
     }
 }
 
@@ -167,20 +153,22 @@ fn read_all(stream: Option<impl Read>) -> Vec<u8> {
 /// Parses `config-helper --format=json` output.
 ///
 /// # Errors
-/// When it is not the expected JSON or holds no usable token (the message never holds one).
-pub fn parse_answer(stdout: &[u8]) -> Result<GcloudAnswer, String> {
+/// An authentication error when it is not the expected JSON or holds no usable token (the
+/// message never holds one).
+pub fn parse_answer(stdout: &[u8]) -> Result<GcloudAnswer, Error> {
     let answer: Answer = serde_json::from_slice(stdout).map_err(|e| {
-        format!("gcloud config config-helper answered something other than its JSON ({e}): check that `gcloud` is the Google Cloud SDK")
+        Error::auth(format!("gcloud config config-helper answered something other than its JSON ({e}): check that `gcloud` is the Google Cloud SDK"))
     })?;
     let token = answer
         .credential
         .access_token
         .as_deref()
         .ok_or_else(|| {
-            "gcloud config config-helper answered without an access token: run `gcloud auth login`"
-                .to_owned()
+            Error::auth(
+                "gcloud config config-helper answered without an access token: run `gcloud auth login`",
+            )
         })
-        .and_then(|t| Token::new(t).map_err(|e| format!("gcloud config config-helper: {e}")))?;
+        .and_then(|t| Token::new(t).map_err(|e| e.context("gcloud config config-helper")))?;
     let expires_at = answer
         .credential
         .token_expiry
@@ -202,7 +190,7 @@ pub fn parse_rfc3339(text: &str) -> Option<u64> {
 
 /// Turns gcloud's stderr into one line: a network failure (exit 1, naming the host gcloud
 /// could not reach) or an authentication failure (exit 3).
-pub fn explain_failure(stderr: &str) -> GcloudError {
+pub fn explain_failure(stderr: &str) -> Error {
     let last = stderr
         .lines()
         .map(str::trim)
@@ -225,19 +213,13 @@ pub fn explain_failure(stderr: &str) -> GcloudError {
     ];
     if network_words.iter().any(|w| stderr.contains(w)) {
         let host = network_host(stderr).map_or_else(String::new, |h| format!(" {h}"));
-        return GcloudError {
-            kind: ExitKind::Other,
-            message: format!(
-                "network error: gcloud could not reach{host} to refresh the active account's token: {last}: check the network and gcloud's proxy settings"
-            ),
-        };
+        return Error::other(format!(
+            "network error: gcloud could not reach{host} to refresh the active account's token: {last}: check the network and gcloud's proxy settings"
+        ));
     }
-    GcloudError {
-        kind: ExitKind::Authentication,
-        message: format!(
-            "the gcloud account gave no token (gcloud config config-helper: {last}): run `gcloud auth login`, or choose another source with --credentials"
-        ),
-    }
+    Error::auth(format!(
+        "the gcloud account gave no token (gcloud config config-helper: {last}): run `gcloud auth login`, or choose another source with --credentials"
+    ))
 }
 
 /// The host in urllib3's `host='…'` or a URL in gcloud's error text.
@@ -268,6 +250,7 @@ fn is_executable(p: &Path) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::client::ExitKind;
 
     #[test]
     fn answers_parse_with_their_real_expiry() {
@@ -285,7 +268,7 @@ mod tests {
             Some("sa@p.iam.gserviceaccount.com")
         );
         let err = parse_answer(br#"{"credential": {"access_token": null}}"#).unwrap_err();
-        assert!(err.contains("gcloud auth login"), "{err}");
+        assert!(err.message.contains("gcloud auth login"), "{err}");
         assert!(parse_answer(b"not json").is_err());
     }
 

@@ -4,12 +4,17 @@ pub mod adc;
 pub mod auth;
 pub mod cache;
 pub mod check;
-pub mod config;
+pub mod cli;
+pub mod destination;
 pub mod dial;
+pub mod error;
 pub mod gcloud;
+pub mod gcloud_properties;
 pub mod listen;
+pub mod options;
 pub mod proxy;
 pub mod report;
+pub mod source;
 pub mod ssh_config;
 pub mod stdio;
 pub mod tunnel;
@@ -17,17 +22,17 @@ pub mod user_config;
 
 use std::path::{Path, PathBuf};
 
-use crate::close::ExitKind;
 use crate::wire::{self, ClientIdentity};
-use adc::{Library, TokenInfo};
+use adc::TokenInfo;
 use auth::Credentials;
 use cache::TokenCache;
-use config::{Fallback, GcloudProperties, TargetArgs};
+use destination::{Fallback, TargetArgs};
 use dial::{Dialer, Endpoint};
-use gcloud::GcloudRunner;
 use proxy::Proxy;
 use tokio_tungstenite::tungstenite::http::HeaderValue;
-use tunnel::{Failure, TunnelConfig};
+use tunnel::TunnelConfig;
+
+pub use error::{Error, ExitKind};
 
 /// The client's settings as the command line gives them, before validation.
 #[derive(Debug, Default)]
@@ -92,8 +97,8 @@ pub const DEFAULT_UNIVERSE_DOMAIN: &str = "googleapis.com";
 /// `wss://tunnel-cloudproxy.<universe>/v4`, which has no mTLS variant.
 ///
 /// # Errors
-/// When `universe` is not a domain name.
-pub fn default_endpoint(universe: Option<&str>, mtls: bool) -> Result<String, String> {
+/// A usage error when `universe` is not a domain name.
+pub fn default_endpoint(universe: Option<&str>, mtls: bool) -> Result<String, Error> {
     match universe {
         None | Some(DEFAULT_UNIVERSE_DOMAIN) => Ok(if mtls {
             dial::DEFAULT_MTLS_ENDPOINT
@@ -109,98 +114,35 @@ pub fn default_endpoint(universe: Option<&str>, mtls: bool) -> Result<String, St
                     && l.chars().all(|c| c.is_ascii_alphanumeric() || c == '-')
             };
             if domain.len() > 253 || !domain.split('.').all(label_ok) {
-                return Err(format!(
+                return Err(Error::usage(format!(
                     "universe domain {domain:?} is not a domain name: give one such as {DEFAULT_UNIVERSE_DOMAIN} (--universe-domain or CLOUDSDK_CORE_UNIVERSE_DOMAIN)"
-                ));
+                )));
             }
             Ok(format!("wss://tunnel-cloudproxy.{domain}/v4"))
         }
     }
 }
 
-fn usage(message: String) -> Failure {
-    Failure {
-        kind: ExitKind::Usage,
-        message,
-    }
-}
-
-fn auth_failure(message: String) -> Failure {
-    Failure {
-        kind: ExitKind::Authentication,
-        message,
-    }
-}
-
-/// What `--credentials` (or `--credentials-file`) asked for.
-enum Wanted {
-    Auto,
-    Gcloud,
-    Adc,
-    File(PathBuf, &'static str),
-}
-
-/// The chosen source, before it is built.
-enum Chosen {
-    TokenFile(PathBuf, String),
-    Gcloud(PathBuf),
-    File(PathBuf, String),
-    Metadata(String),
-}
-
 impl Options {
     /// Validates the options into a tunnel configuration. `env` reads environment variables
-    /// (the library itself never touches the process environment).
-    ///
-    /// Credentials, first found wins: `--access-token-file`; `--credentials`/
-    /// `--credentials-file`; `CLOUDSDK_AUTH_ACCESS_TOKEN_FILE`; gcloud's
-    /// `auth/access_token_file`; the gcloud account (gcloud on `PATH` and an active account
-    /// in its configuration), as `gcloud compute start-iap-tunnel` would use; then
-    /// Application Default Credentials: `GOOGLE_APPLICATION_CREDENTIALS`, the ADC file under
-    /// `$CLOUDSDK_CONFIG`, `~/.config/gcloud/application_default_credentials.json`, the
-    /// metadata server (only with `GCE_METADATA_HOST` or on a GCE VM, so nothing is probed
-    /// elsewhere).
+    /// (the library itself never touches the process environment). Credentials come from the
+    /// first source found, in the order [`source`] gives.
     ///
     /// # Errors
-    /// A [`Failure`] naming the bad option, or the credential source that failed, and what
+    /// An [`Error`] naming the bad option, or the credential source that failed, and what
     /// to do.
-    pub fn into_config(
-        self,
-        env: &dyn Fn(&str) -> Option<String>,
-    ) -> Result<TunnelConfig, Failure> {
+    pub fn into_config(self, env: &dyn Fn(&str) -> Option<String>) -> Result<TunnelConfig, Error> {
         if self.port == 0 {
-            return Err(usage("PORT must be between 1 and 65535".to_owned()));
+            return Err(Error::usage("PORT must be between 1 and 65535"));
         }
         // A mistyped HOST is reported as such, not hidden behind a credentials problem.
-        config::check_syntax(&self.target).map_err(|e| usage(e.to_string()))?;
-        let env_path = |name: &str| env(name).filter(|s| !s.is_empty()).map(PathBuf::from);
-        let adc_env = env_path("GOOGLE_APPLICATION_CREDENTIALS");
-        let wanted = match (&self.credentials, &self.credentials_file) {
-            (Some(_), Some(_)) => {
-                return Err(usage(
-                    "--credentials and --credentials-file are alternatives: give one".to_owned(),
-                ));
-            }
-            (None, None) => Wanted::Auto,
-            (None, Some(f)) => Wanted::File(f.clone(), "--credentials-file"),
-            (Some(c), None) => match c.trim() {
-                "gcloud" => Wanted::Gcloud,
-                "adc" => Wanted::Adc,
-                "" => {
-                    return Err(usage(
-                        "--credentials needs gcloud, adc or a file".to_owned(),
-                    ));
-                }
-                file => Wanted::File(PathBuf::from(file), "--credentials"),
-            },
-        };
-        if self.access_token_file.is_some() && !matches!(wanted, Wanted::Auto) {
-            return Err(usage(
-                "--access-token-file and --credentials are alternatives: give one".to_owned(),
-            ));
-        }
+        destination::check_syntax(&self.target)?;
+        let adc_env = env("GOOGLE_APPLICATION_CREDENTIALS")
+            .filter(|s| !s.is_empty())
+            .map(PathBuf::from);
+        let wanted = source::wanted(&self)?;
         let key_file = match &wanted {
-            Wanted::File(f, _) => Some(f.clone()),
+            source::Wanted::File(f, _) => Some(f.clone()),
             _ => adc_env.clone(),
         };
         let mut fallback = Fallback::load(
@@ -208,94 +150,45 @@ impl Options {
             env("CLOUDSDK_ACTIVE_CONFIG_NAME").as_deref(),
             key_file.as_deref(),
         );
-        let chosen = self.choose(&wanted, &fallback.gcloud, env, adc_env)?;
+        let chosen = source::choose(&self, &wanted, &fallback.gcloud, env, adc_env)?;
 
         // The proxy gcloud itself is told to use when --proxy overrides its settings.
         let flag_proxy = match self.proxy.as_deref().map(str::trim) {
             None | Some("" | "none") => None,
-            Some(url) => Some(
-                Proxy::parse(url)
-                    .map_err(|e| usage(format!("--proxy: {e}")))?
-                    .url(),
-            ),
+            Some(url) => Some(Proxy::parse(url).map_err(|e| e.context("--proxy"))?.url()),
         };
         let cache = self.token_cache_dir.clone().map(TokenCache::new);
-        let mut gcloud_props = fallback.gcloud.clone();
-        let credentials = match chosen {
-            Chosen::TokenFile(path, how) => Credentials::access_token_file(path, &how),
-            Chosen::Gcloud(program) => {
-                let runner = GcloudRunner {
-                    program,
-                    proxy_override: flag_proxy,
-                };
-                let fingerprint = self.gcloud_fingerprint(env);
-                let mut creds = Credentials::gcloud(
-                    runner.clone(),
-                    None,
-                    &fingerprint,
-                    fallback.gcloud.account.clone(),
-                );
-                if let Some(cache) = &cache {
-                    creds = creds.with_cache(cache.clone());
-                }
-                // A cached answer carries gcloud's properties too: no gcloud run at all.
-                let answer_props = match creds.load_cached() {
-                    Some(cached) => cached
-                        .properties
-                        .and_then(|v| serde_json::from_value::<GcloudProperties>(v).ok()),
-                    None => {
-                        let answer = runner.run(false).map_err(|e| Failure {
-                            kind: e.kind,
-                            message: e.message,
-                        })?;
-                        let props = answer.properties.clone();
-                        creds = Credentials::gcloud(
-                            runner,
-                            Some(answer),
-                            &fingerprint,
-                            fallback.gcloud.account.clone(),
-                        );
-                        if let Some(cache) = &cache {
-                            creds = creds.with_cache(cache.clone());
-                        }
-                        Some(props)
-                    }
-                };
-                if let Some(props) = answer_props {
-                    fallback.prefer_gcloud_answer(&props);
-                    gcloud_props = props;
-                }
-                creds
-            }
-            Chosen::File(path, how) => {
-                let library = Library::from_file(&path, &how).map_err(auth_failure)?;
-                Credentials::library(library, None)
-            }
-            Chosen::Metadata(host) => Credentials::library(Library::metadata(&host), None),
-        };
+        let (credentials, gcloud_props) = source::build(
+            &self,
+            chosen,
+            &mut fallback,
+            env,
+            flag_proxy,
+            cache.as_ref(),
+        )?;
 
         // The user's configuration file ranks below the environment (checked first by the
         // resolver) and above gcloud's configuration and the key file.
         if let Some(file) = &self.user_config {
             let label = file.label();
-            if let Some(project) = &file.values.project {
-                fallback.project = Some((project.clone(), label.clone()));
+            if let Some(project) = file.get("project") {
+                fallback.project = Some((project.to_owned(), label.clone()));
             }
-            if let Some(zone) = &file.values.zone {
-                fallback.zone = Some((zone.clone(), label.clone()));
+            if let Some(zone) = file.get("zone") {
+                fallback.zone = Some((zone.to_owned(), label.clone()));
             }
             fallback.looked_at.insert(0, label);
         }
-        let (target, resolved_from) = config::resolve_with_origins(&self.target, env, &fallback)
-            .map_err(|e| usage(e.to_string()))?;
+        let (target, resolved_from) =
+            destination::resolve_with_origins(&self.target, env, &fallback)?;
         let mut origins = self.origins.clone();
         origins.extend(resolved_from);
         let client = match (&self.client_cert, &self.client_key) {
             (Some(cert), Some(key)) => Some(ClientIdentity { cert, key }),
             (None, None) => None,
             _ => {
-                return Err(usage(
-                    "--client-cert and --client-key go together: give both or neither".to_owned(),
+                return Err(Error::usage(
+                    "--client-cert and --client-key go together: give both or neither",
                 ));
             }
         };
@@ -307,10 +200,8 @@ impl Options {
             .or_else(|| env("CLOUDSDK_CORE_UNIVERSE_DOMAIN"))
             .filter(|u| !u.is_empty());
         // gcloud switches to the mTLS relay when a device certificate is in use.
-        let default_endpoint =
-            default_endpoint(universe.as_deref(), client.is_some()).map_err(usage)?;
-        let endpoint = Endpoint::parse(self.endpoint.as_deref().unwrap_or(&default_endpoint))
-            .map_err(|e| usage(format!("{e:#}")))?;
+        let default_endpoint = default_endpoint(universe.as_deref(), client.is_some())?;
+        let endpoint = Endpoint::parse(self.endpoint.as_deref().unwrap_or(&default_endpoint))?;
         // The flag, then the environment; the gcloud property core/request_reason belongs
         // after these.
         let request_reason = self
@@ -320,9 +211,8 @@ impl Options {
             .filter(|r| !r.is_empty())
             .map(|r| {
                 HeaderValue::from_str(&r).map_err(|_| {
-                    usage(
-                        "the request reason (--request-reason or CLOUDSDK_CORE_REQUEST_REASON) must be one line of text without control characters"
-                            .to_owned(),
+                    Error::usage(
+                        "the request reason (--request-reason or CLOUDSDK_CORE_REQUEST_REASON) must be one line of text without control characters",
                     )
                 })
             })
@@ -337,29 +227,26 @@ impl Options {
             .into_iter()
             .chain(gcloud_ca.as_deref())
             .collect();
-        let tls =
-            wire::tls_config_with_client(&ca_files, client).map_err(|e| usage(format!("{e:#}")))?;
-        let gcloud_proxy = gcloud_props.proxy_url().map_err(usage)?;
+        let tls = wire::tls_config_with_client(&ca_files, client)
+            .map_err(|e| Error::usage(format!("{e:#}")))?;
+        let gcloud_proxy = gcloud_props.proxy_url()?;
         let proxy = Proxy::select_with_gcloud(
             self.proxy.as_deref(),
             gcloud_proxy.as_deref(),
             env,
             endpoint.host(),
-        )
-        .map_err(usage)?;
+        )?;
         // Token traffic follows the same choice; NO_PROXY (which names relay hosts) is left
         // to the HTTP client, per token host.
         let token_proxy =
-            Proxy::select_with_gcloud(self.proxy.as_deref(), gcloud_proxy.as_deref(), env, "")
-                .map_err(usage)?;
+            Proxy::select_with_gcloud(self.proxy.as_deref(), gcloud_proxy.as_deref(), env, "")?;
         let endpoint = endpoint.with_proxy(proxy);
         let credentials = match credentials.take_library() {
             Ok(library) => {
                 let url = env("IAP_SSH_TOKENINFO_URL")
                     .filter(|u| !u.is_empty())
                     .unwrap_or_else(|| adc::DEFAULT_TOKENINFO_URL.to_owned());
-                let info = TokenInfo::new(&url, token_proxy.as_ref(), tls.clone())
-                    .map_err(auth_failure)?;
+                let info = TokenInfo::new(&url, token_proxy.as_ref(), tls.clone())?;
                 let creds = Credentials::library(library, Some(info));
                 match &cache {
                     Some(c) => creds.with_cache(c.clone()),
@@ -387,122 +274,6 @@ impl Options {
             token_proxy,
             origins,
         })
-    }
-
-    /// Picks the credential source (see [`into_config`](Self::into_config) for the order).
-    fn choose(
-        &self,
-        wanted: &Wanted,
-        gcloud: &GcloudProperties,
-        env: &dyn Fn(&str) -> Option<String>,
-        adc_env: Option<PathBuf>,
-    ) -> Result<Chosen, Failure> {
-        if let Some(file) = &self.access_token_file {
-            return Ok(Chosen::TokenFile(
-                file.clone(),
-                "--access-token-file".into(),
-            ));
-        }
-        let env_token_file = env("CLOUDSDK_AUTH_ACCESS_TOKEN_FILE").filter(|s| !s.is_empty());
-        let mut looked_at = Vec::new();
-        match wanted {
-            Wanted::File(path, how) => return Ok(Chosen::File(path.clone(), (*how).to_owned())),
-            Wanted::Gcloud => {
-                return match &self.gcloud_program {
-                    Some(p) => Ok(Chosen::Gcloud(p.clone())),
-                    None => Err(auth_failure(
-                        "--credentials gcloud: gcloud is not on PATH: install the Google Cloud SDK, or choose another source".to_owned(),
-                    )),
-                };
-            }
-            Wanted::Adc => {}
-            Wanted::Auto => {
-                if let Some(file) = env_token_file {
-                    return Ok(Chosen::TokenFile(
-                        file.into(),
-                        "CLOUDSDK_AUTH_ACCESS_TOKEN_FILE".into(),
-                    ));
-                }
-                if let Some(file) = &gcloud.access_token_file {
-                    return Ok(Chosen::TokenFile(
-                        file.into(),
-                        "gcloud property auth/access_token_file".into(),
-                    ));
-                }
-                let account = env("CLOUDSDK_CORE_ACCOUNT")
-                    .filter(|a| !a.is_empty())
-                    .or(gcloud.account.clone());
-                match (&self.gcloud_program, account) {
-                    (Some(program), Some(account)) => {
-                        tracing::info!(account = %account, "credentials: using the gcloud account");
-                        return Ok(Chosen::Gcloud(program.clone()));
-                    }
-                    (Some(_), None) => {
-                        looked_at.push("the gcloud account (none is active)".to_owned());
-                    }
-                    (None, _) => looked_at.push("gcloud (not on PATH)".to_owned()),
-                }
-            }
-        }
-        if let Some(path) = adc_env {
-            return Ok(Chosen::File(path, "GOOGLE_APPLICATION_CREDENTIALS".into()));
-        }
-        looked_at.push("GOOGLE_APPLICATION_CREDENTIALS".to_owned());
-        let candidates = [
-            self.gcloud_config_dir
-                .as_ref()
-                .map(|d| d.join("application_default_credentials.json")),
-            self.home_adc_file.clone(),
-        ];
-        for path in candidates.into_iter().flatten() {
-            tracing::info!(file = %path.display(), "credentials: looking for an ADC file");
-            if path.exists() {
-                return Ok(Chosen::File(path, "gcloud's ADC file".into()));
-            }
-            let shown = path.display().to_string();
-            if !looked_at.contains(&shown) {
-                looked_at.push(shown);
-            }
-        }
-        if let Some(host) = env("GCE_METADATA_HOST").filter(|h| !h.is_empty()) {
-            return Ok(Chosen::Metadata(host));
-        }
-        if self.on_gce {
-            return Ok(Chosen::Metadata("metadata.google.internal".into()));
-        }
-        looked_at.push("the metadata server (not a GCE VM, no GCE_METADATA_HOST)".to_owned());
-        Err(auth_failure(format!(
-            "no Google credentials found (looked at: {}): run `gcloud auth login` or `gcloud auth application-default login`, set GOOGLE_APPLICATION_CREDENTIALS, or pass --credentials FILE or --access-token-file",
-            looked_at.join(", ")
-        )))
-    }
-
-    /// What tells one gcloud setup from another: its folder, the active configuration's
-    /// name and text, and every `CLOUDSDK_*` variable. A `gcloud config set` or a switch of
-    /// account or configuration thus misses the cache and asks gcloud again.
-    fn gcloud_fingerprint(&self, env: &dyn Fn(&str) -> Option<String>) -> Vec<u8> {
-        let mut material = Vec::new();
-        if let Some(dir) = &self.gcloud_config_dir {
-            material.extend_from_slice(dir.as_os_str().as_encoded_bytes());
-            material.push(0);
-            let name = env("CLOUDSDK_ACTIVE_CONFIG_NAME")
-                .filter(|n| !n.trim().is_empty())
-                .or_else(|| std::fs::read_to_string(dir.join("active_config")).ok())
-                .map(|n| n.trim().to_owned())
-                .filter(|n| !n.is_empty())
-                .unwrap_or_else(|| "default".to_owned());
-            material.extend_from_slice(name.as_bytes());
-            material.push(0);
-            let config = dir.join("configurations").join(format!("config_{name}"));
-            if let Ok(text) = std::fs::read(config) {
-                material.extend_from_slice(&text);
-            }
-            material.push(0);
-        }
-        for (k, v) in &self.cloudsdk_env {
-            material.extend_from_slice(format!("{k}={v}\0").as_bytes());
-        }
-        material
     }
 }
 

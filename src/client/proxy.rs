@@ -5,11 +5,11 @@
 use std::fmt;
 
 use base64::Engine;
+use hyper_util::client::proxy::matcher::Matcher;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
-use super::dial::DialError;
-use crate::close::ExitKind;
+use super::error::Error;
 
 /// Longest CONNECT response head we read; real proxies send a few hundred bytes.
 const MAX_RESPONSE_HEAD: usize = 16 * 1024;
@@ -41,9 +41,9 @@ impl Proxy {
     /// `http://`, as curl does; the port defaults to 80).
     ///
     /// # Errors
-    /// For other schemes (`https://`, `socks5://`, …), a missing host, or a bad port. The
-    /// message never holds the password.
-    pub fn parse(url: &str) -> Result<Proxy, String> {
+    /// A usage error for other schemes (`https://`, `socks5://`, …), a missing host, or a bad
+    /// port. The message never holds the password.
+    pub fn parse(url: &str) -> Result<Proxy, Error> {
         let url = url.trim();
         let rest = match url.split_once("://") {
             None => url,
@@ -57,9 +57,9 @@ impl Proxy {
                 } else {
                     "only http:// proxies are supported"
                 };
-                return Err(format!(
+                return Err(Error::usage(format!(
                     "proxy URL scheme {scheme}:// : {why}: use an HTTP proxy that allows CONNECT, as http://HOST:PORT"
-                ));
+                )));
             }
         };
         let authority = rest.split(['/', '?', '#']).next().unwrap_or_default();
@@ -68,9 +68,9 @@ impl Proxy {
             None => (None, authority),
         };
         let (host, port) = if let Some(v6) = hostport.strip_prefix('[') {
-            let (host, tail) = v6
-                .split_once(']')
-                .ok_or_else(|| format!("proxy address {hostport:?} has no closing ]"))?;
+            let (host, tail) = v6.split_once(']').ok_or_else(|| {
+                Error::usage(format!("proxy address {hostport:?} has no closing ]"))
+            })?;
             (host, tail.strip_prefix(':'))
         } else {
             match hostport.rsplit_once(':') {
@@ -79,15 +79,15 @@ impl Proxy {
             }
         };
         if host.is_empty() {
-            return Err("the proxy URL has no host: use http://HOST:PORT".to_owned());
+            return Err(Error::usage(
+                "the proxy URL has no host: use http://HOST:PORT",
+            ));
         }
         let port = match port {
             None | Some("") => 80,
-            Some(p) => p
-                .parse::<u16>()
-                .ok()
-                .filter(|p| *p != 0)
-                .ok_or_else(|| format!("proxy port {p:?} is not a number from 1 to 65535"))?,
+            Some(p) => p.parse::<u16>().ok().filter(|p| *p != 0).ok_or_else(|| {
+                Error::usage(format!("proxy port {p:?} is not a number from 1 to 65535"))
+            })?,
         };
         let credentials = userinfo.map(|u| {
             let (user, pass) = u.split_once(':').unwrap_or((u, ""));
@@ -117,7 +117,7 @@ impl Proxy {
         flag: Option<&str>,
         env: &dyn Fn(&str) -> Option<String>,
         relay_host: &str,
-    ) -> Result<Option<Proxy>, String> {
+    ) -> Result<Option<Proxy>, Error> {
         Proxy::select_with_gcloud(flag, None, env, relay_host)
     }
 
@@ -131,19 +131,19 @@ impl Proxy {
         gcloud: Option<&str>,
         env: &dyn Fn(&str) -> Option<String>,
         relay_host: &str,
-    ) -> Result<Option<Proxy>, String> {
+    ) -> Result<Option<Proxy>, Error> {
         if let Some(url) = flag {
             return match url.trim() {
                 "" | "none" => Ok(None),
                 url => Proxy::parse(url)
                     .map(Some)
-                    .map_err(|e| format!("--proxy: {e}")),
+                    .map_err(|e| e.context("--proxy")),
             };
         }
         if let Some(url) = gcloud {
             return Proxy::parse(url)
                 .map(Some)
-                .map_err(|e| format!("gcloud property proxy/address: {e}"));
+                .map_err(|e| e.context("gcloud property proxy/address"));
         }
         let Some((name, url)) = ["https_proxy", "HTTPS_PROXY"]
             .into_iter()
@@ -157,9 +157,7 @@ impl Proxy {
         if no_proxy_matches(&no_proxy, relay_host) {
             return Ok(None);
         }
-        Proxy::parse(&url)
-            .map(Some)
-            .map_err(|e| format!("{name}: {e}"))
+        Proxy::parse(&url).map(Some).map_err(|e| e.context(name))
     }
 
     /// The proxy's host and port.
@@ -214,19 +212,15 @@ impl Proxy {
     /// time this takes.
     ///
     /// # Errors
-    /// A one-line [`DialError`] for an unreachable proxy or a refused CONNECT (407 and 403
-    /// say what to do).
+    /// A one-line [`Error`] for an unreachable proxy or a refused CONNECT (407 and 403 say
+    /// what to do).
     pub async fn connect(
         &self,
         host: &str,
         port: u16,
         user_agent: &str,
-    ) -> Result<TcpStream, DialError> {
-        let fail = |message: String| DialError {
-            kind: ExitKind::Other,
-            message,
-            http_status: None,
-        };
+    ) -> Result<TcpStream, Error> {
+        let fail = Error::other;
         let proxy = self.authority();
         let mut stream = TcpStream::connect((self.host.as_str(), self.port))
             .await
@@ -303,57 +297,50 @@ pub fn check_connect_response(head: &[u8]) -> Result<(), (u16, String)> {
     }
 }
 
-/// Whether `host` is listed in a `NO_PROXY` value: `*`, exact names or addresses, and domain
-/// suffixes (`example.com` and `.example.com` both cover `relay.example.com`). Ports in
-/// entries are ignored; matching ignores case.
+/// Whether `host` is listed in a `NO_PROXY` value: `*`, exact names or addresses, address
+/// ranges (`10.0.0.0/8`), and domain suffixes (`example.com` and `.example.com` both cover
+/// `relay.example.com`), ignoring case. The matching is hyper-util's (curl's rules); around it,
+/// entries may also be separated by spaces, ports in entries are ignored, and `*` covers
+/// addresses too (hyper-util applies it to names only).
 pub fn no_proxy_matches(list: &str, host: &str) -> bool {
-    let host = host
-        .trim_start_matches('[')
-        .trim_end_matches(']')
-        .to_ascii_lowercase();
-    list.split([',', ' '])
+    let mut entries = Vec::new();
+    for entry in list
+        .split([',', ' '])
         .map(str::trim)
         .filter(|e| !e.is_empty())
-        .any(|entry| {
-            if entry == "*" {
-                return true;
-            }
-            // Strip a port, keeping bare IPv6 addresses whole.
-            let entry = match entry.strip_prefix('[') {
-                Some(v6) => v6.split(']').next().unwrap_or_default(),
-                None if entry.matches(':').count() == 1 => {
-                    entry.split(':').next().unwrap_or_default()
-                }
-                None => entry,
-            };
-            let entry = entry.to_ascii_lowercase();
-            let domain = entry.trim_start_matches('.');
-            host == domain || host.ends_with(&format!(".{domain}"))
-        })
+    {
+        if entry == "*" {
+            return true;
+        }
+        // Strip a port, keeping bare IPv6 addresses whole.
+        entries.push(match entry.strip_prefix('[') {
+            Some(v6) => v6.split(']').next().unwrap_or_default(),
+            None if entry.matches(':').count() == 1 => entry.split(':').next().unwrap_or_default(),
+            None => entry,
+        });
+    }
+    let host = host.trim_start_matches('[').trim_end_matches(']');
+    let url = if host.contains(':') {
+        format!("https://[{host}]/")
+    } else {
+        format!("https://{host}/")
+    };
+    let Ok(uri) = url.parse::<hyper::http::Uri>() else {
+        return false;
+    };
+    // Any proxy will do: only whether NO_PROXY lets it intercept the relay matters.
+    Matcher::builder()
+        .https("http://proxy.invalid")
+        .no(entries.join(","))
+        .build()
+        .intercept(&uri)
+        .is_none()
 }
 
 fn percent_decode(s: &str) -> String {
-    let bytes = s.as_bytes();
-    let mut out = Vec::with_capacity(bytes.len());
-    let mut i = 0;
-    while i < bytes.len() {
-        let hex = |b: u8| (b as char).to_digit(16);
-        match (
-            bytes.get(i).copied().unwrap_or(0),
-            bytes.get(i + 1),
-            bytes.get(i + 2),
-        ) {
-            (b'%', Some(&h), Some(&l)) if hex(h).is_some() && hex(l).is_some() => {
-                out.push((hex(h).unwrap_or(0) * 16 + hex(l).unwrap_or(0)) as u8);
-                i += 3;
-            }
-            (b, _, _) => {
-                out.push(b);
-                i += 1;
-            }
-        }
-    }
-    String::from_utf8_lossy(&out).into_owned()
+    percent_encoding::percent_decode_str(s)
+        .decode_utf8_lossy()
+        .into_owned()
 }
 
 #[cfg(test)]
@@ -383,6 +370,9 @@ mod tests {
             "CONNECT [::1]:9 HTTP/1.1\r\nHost: [::1]:9\r\nUser-Agent: ua\r\n\r\n"
         );
         assert_eq!(Proxy::parse("HTTP://h").unwrap().authority(), "h:80");
+        // Bad escapes stay as written; good ones decode, UTF-8 included.
+        let p = Proxy::parse("http://%zz%C3%A9:a%3Ab@h").unwrap();
+        assert_eq!(p.credentials(), Some(("%zz\u{e9}", "a:b")));
     }
 
     #[test]
@@ -397,7 +387,7 @@ mod tests {
             ("http://[::1", "no closing ]"),
         ];
         for (url, want) in cases {
-            let err = Proxy::parse(url).unwrap_err();
+            let err = Proxy::parse(url).unwrap_err().message;
             assert!(
                 err.contains(want) && !err.contains("secret"),
                 "{url}: {err}"
@@ -414,7 +404,7 @@ mod tests {
                     .map(|(_, v)| (*v).to_owned())
             }
         };
-        let authority = |r: Result<Option<Proxy>, String>| r.map(|p| p.map(|p| p.authority()));
+        let authority = |r: Result<Option<Proxy>, Error>| r.map(|p| p.map(|p| p.authority()));
         let e = env(&[
             ("HTTPS_PROXY", "http://env:1"),
             ("NO_PROXY", ".corp,10.0.0.1"),
@@ -439,7 +429,7 @@ mod tests {
             Ok(Some("low:3".into()))
         );
         let bad = env(&[("HTTPS_PROXY", "socks5://h")]);
-        let err = Proxy::select(None, &bad, "x").unwrap_err();
+        let err = Proxy::select(None, &bad, "x").unwrap_err().message;
         assert!(err.starts_with("HTTPS_PROXY: "), "{err}");
         assert_eq!(authority(Proxy::select(None, &env(&[]), "x")), Ok(None));
     }
@@ -458,6 +448,11 @@ mod tests {
             ("::1", "[::1]", true),
             ("[::1]:443", "::1", true),
             ("", "x", false),
+            ("*", "10.0.0.1", true),
+            ("a.io example.com", "relay.example.com", true),
+            ("10.0.0.0/8", "10.1.2.3", true),
+            ("10.0.0.0/8", "11.1.2.3", false),
+            ("fd00::/8", "[fd00::5]", true),
         ];
         for (list, host, want) in cases {
             assert_eq!(no_proxy_matches(list, host), want, "{list:?} {host}");

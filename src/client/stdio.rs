@@ -16,7 +16,8 @@ use bytes::Bytes;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
-use super::tunnel::{Failure, TunnelConfig};
+use super::error::Error;
+use super::tunnel::TunnelConfig;
 use crate::session::local::{ChannelInput, ChannelOutput, MessageBuffer};
 use crate::session::pump::Session;
 use crate::session::state::DEFAULT_MAX_UNACKED;
@@ -31,16 +32,11 @@ const STDOUT_DRAIN_WAIT: Duration = Duration::from_secs(10);
 /// Runs one tunnel over stdin/stdout until either side ends.
 ///
 /// # Errors
-/// A [`Failure`] when the tunnel fails or stdout cannot take the received bytes.
-pub async fn run(config: &TunnelConfig, cancel: &CancellationToken) -> Result<(), Failure> {
-    let input = spawn_stdin_reader().map_err(|e| Failure {
-        kind: crate::close::ExitKind::Other,
-        message: format!("opening stdin: {e}"),
-    })?;
-    let (output, done) = spawn_stdout_writer().map_err(|e| Failure {
-        kind: crate::close::ExitKind::Other,
-        message: format!("opening stdout: {e}"),
-    })?;
+/// An [`Error`] when the tunnel fails or stdout cannot take the received bytes.
+pub async fn run(config: &TunnelConfig, cancel: &CancellationToken) -> Result<(), Error> {
+    let input = spawn_stdin_reader().map_err(|e| Error::other(format!("opening stdin: {e}")))?;
+    let (output, done) =
+        spawn_stdout_writer().map_err(|e| Error::other(format!("opening stdout: {e}")))?;
     let mut session = Session::new(input, output, DEFAULT_MAX_UNACKED);
     let result = config.run(&mut session, cancel).await;
     // Dropping the session closes the channel, so the writer thread finishes once it has
@@ -52,10 +48,9 @@ pub async fn run(config: &TunnelConfig, cancel: &CancellationToken) -> Result<()
         .and_then(Result::ok);
     match (result, written) {
         (Err(e), _) => Err(e),
-        (Ok(()), Some(Err(e))) if e.kind() != io::ErrorKind::BrokenPipe => Err(Failure {
-            kind: crate::close::ExitKind::Other,
-            message: format!("writing to stdout: {e}"),
-        }),
+        (Ok(()), Some(Err(e))) if e.kind() != io::ErrorKind::BrokenPipe => {
+            Err(Error::other(format!("writing to stdout: {e}")))
+        }
         (Ok(()), _) => Ok(()),
     }
 }

@@ -1,7 +1,6 @@
 //! One client tunnel: dial, wait for the session id, pump bytes, and turn every way it can
 //! end into an exit status and a one-line message.
 
-use std::fmt;
 use std::time::{Duration, Instant};
 
 use futures_util::StreamExt;
@@ -11,8 +10,9 @@ use tokio_util::sync::CancellationToken;
 
 use super::auth::Credentials;
 use super::dial::{self, Dialer, RelaySocket};
+use super::error::{Error, ExitKind};
 use super::report;
-use crate::close::{self, Disposition, ExitKind};
+use crate::close::{self, Disposition};
 use crate::frame::Frame;
 use crate::session::local::{LocalInput, LocalOutput};
 use crate::session::pump::{self, Attach, Keepalive, PumpEnd, Role, Session};
@@ -21,32 +21,6 @@ use crate::target::Target;
 /// How long to wait for the relay's first message (gcloud waits 60 s too: the relay dials the
 /// backend before answering, and a booting VM can be slow).
 pub const FIRST_FRAME_TIMEOUT: Duration = Duration::from_secs(60);
-
-/// A tunnel failure: the exit status category and one line for the user.
-#[derive(Debug)]
-pub struct Failure {
-    /// Exit status category.
-    pub kind: ExitKind,
-    /// What failed and what to do.
-    pub message: String,
-}
-
-impl fmt::Display for Failure {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(&self.message)
-    }
-}
-
-impl std::error::Error for Failure {}
-
-impl Failure {
-    fn other(message: String) -> Failure {
-        Failure {
-            kind: ExitKind::Other,
-            message,
-        }
-    }
-}
 
 /// How a tunnel survives a lost connection.
 #[derive(Clone, Copy, Debug)]
@@ -106,17 +80,14 @@ enum Opened {
 }
 
 impl TunnelConfig {
-    fn close_failure(&self, code: u16, reason: &str) -> Failure {
-        Failure {
-            kind: close::exit_kind(code),
-            message: close::user_message(code, reason, &self.target.describe(self.port), self.port),
-        }
+    fn close_failure(&self, code: u16, reason: &str) -> Error {
+        Error::from_close(code, reason, &self.target.describe(self.port), self.port)
     }
 
     /// Opens `/v4/<path>` with a token and reads the relay's first message. A token the
     /// relay refuses (HTTP 401 or close 4004) is dropped from the cache and replaced by a
     /// fresh one from the source, once.
-    async fn open(&self, path: &str, query: &str) -> Result<(RelaySocket, Opened), Failure> {
+    async fn open(&self, path: &str, query: &str) -> Result<(RelaySocket, Opened), Error> {
         match self.try_open(path, query, FIRST_FRAME_TIMEOUT).await {
             Err((_, Retry::FreshToken)) if self.credentials.can_refresh() => {
                 tracing::info!(
@@ -132,19 +103,17 @@ impl TunnelConfig {
         }
     }
 
-    /// A refusal of the token names the source and principal it came from.
-    fn refused(&self, failure: Failure) -> Failure {
-        if failure.kind != ExitKind::Authentication || !failure.message.contains("HTTP 401") {
+    /// A refusal of the token (HTTP 401 at the upgrade) names the source and principal it
+    /// came from.
+    fn refused(&self, failure: Error) -> Error {
+        if failure.http_status != Some(401) {
             return failure;
         }
-        Failure {
-            kind: ExitKind::Authentication,
-            message: format!(
-                "the relay at {} refused the token from {} (HTTP 401): check that this identity may use the relay, or choose another source with --credentials or --access-token-file",
-                self.dialer.endpoint.authority(),
-                self.credentials.describe_with_identity()
-            ),
-        }
+        Error::auth(format!(
+            "the relay at {} refused the token from {} (HTTP 401): check that this identity may use the relay, or choose another source with --credentials or --access-token-file",
+            self.dialer.endpoint.authority(),
+            self.credentials.describe_with_identity()
+        ))
     }
 
     /// Like [`open`](Self::open), also telling whether a failure is worth retrying during a
@@ -154,7 +123,7 @@ impl TunnelConfig {
         path: &str,
         query: &str,
         first_frame_wait: Duration,
-    ) -> Result<(RelaySocket, Opened), (Failure, Retry)> {
+    ) -> Result<(RelaySocket, Opened), (Error, Retry)> {
         let token = self.credentials.token().await.map_err(|e| {
             // A network failure while fetching a token is worth retrying during a resume.
             let retry = if e.kind == ExitKind::Other {
@@ -162,11 +131,7 @@ impl TunnelConfig {
             } else {
                 Retry::No
             };
-            let failure = Failure {
-                kind: e.kind,
-                message: e.message,
-            };
-            (failure, retry)
+            (e, retry)
         })?;
         let mut ws = self
             .dialer
@@ -182,11 +147,7 @@ impl TunnelConfig {
                     (ExitKind::Other, None) => Retry::Yes,
                     _ => Retry::No,
                 };
-                let failure = Failure {
-                    kind: e.kind,
-                    message: e.message,
-                };
-                (failure, retry)
+                (e, retry)
             })?;
         let waited_from = std::time::Instant::now();
         let opened = self.first_message(&mut ws, path, first_frame_wait).await?;
@@ -210,8 +171,8 @@ impl TunnelConfig {
         ws: &mut RelaySocket,
         path: &str,
         first_frame_wait: Duration,
-    ) -> Result<Opened, (Failure, Retry)> {
-        let violation = |m: String| (Failure::other(m), Retry::No);
+    ) -> Result<Opened, (Error, Retry)> {
+        let violation = |m: String| (Error::other(m), Retry::No);
         let mut deadline = tokio::time::Instant::now() + first_frame_wait;
         let mut long_close: Option<(u32, String)> = None;
         loop {
@@ -219,7 +180,7 @@ impl TunnelConfig {
                 Ok(next) => next,
                 Err(_) if long_close.is_some() => None,
                 Err(_) => {
-                    let failure = Failure::other(format!(
+                    let failure = Error::other(format!(
                         "the relay at {} did not confirm the tunnel to {} within {}s",
                         self.dialer.endpoint.authority(),
                         self.target.describe(self.port),
@@ -250,15 +211,14 @@ impl TunnelConfig {
                     return Err(self.refusal(code, &reason));
                 }
                 Some(Err(e)) => {
-                    let failure = Failure::other(format!(
+                    let failure = Error::other(format!(
                         "the connection to the relay failed before the tunnel opened: {e}"
                     ));
                     return Err((failure, Retry::Yes));
                 }
                 None => {
-                    let failure = Failure::other(
-                        "the relay closed the connection before the tunnel opened".to_owned(),
-                    );
+                    let failure =
+                        Error::other("the relay closed the connection before the tunnel opened");
                     return Err((failure, Retry::Yes));
                 }
             };
@@ -295,7 +255,7 @@ impl TunnelConfig {
     /// A close received instead of the first message, and whether a resume should try again:
     /// with a fresh token after 4004; at all after 4002, since the relay may still hold the
     /// connection we lost (Google's relay may notice its loss later than we did).
-    fn refusal(&self, code: u16, reason: &str) -> (Failure, Retry) {
+    fn refusal(&self, code: u16, reason: &str) -> (Error, Retry) {
         let retry = match code {
             close::REAUTHENTICATION_REQUIRED => Retry::FreshToken,
             close::SID_IN_USE => Retry::Yes,
@@ -307,15 +267,15 @@ impl TunnelConfig {
     /// Opens a new session and waits for its id.
     ///
     /// # Errors
-    /// A [`Failure`] for a token, dial, or relay refusal (close codes such as 4033).
-    pub async fn connect(&self) -> Result<(RelaySocket, String), Failure> {
+    /// An [`Error`] for a token, dial, or relay refusal (close codes such as 4033).
+    pub async fn connect(&self) -> Result<(RelaySocket, String), Error> {
         match self
             .open("connect", &self.target.connect_query(self.port))
             .await?
         {
             (ws, Opened::Sid(sid)) => Ok((ws, sid)),
-            (_, Opened::ResumedAt(_)) => Err(Failure::other(
-                "the relay broke the protocol: it answered a new session with a resume".to_owned(),
+            (_, Opened::ResumedAt(_)) => Err(Error::other(
+                "the relay broke the protocol: it answered a new session with a resume",
             )),
         }
     }
@@ -330,7 +290,7 @@ impl TunnelConfig {
         session: &mut Session<I, O>,
         why: &str,
         cancel: &CancellationToken,
-    ) -> Result<(RelaySocket, Vec<bytes::Bytes>), Failure> {
+    ) -> Result<(RelaySocket, Vec<bytes::Bytes>), Error> {
         let started = Instant::now();
         let mut pause = FIRST_RETRY;
         let mut attempts = 0u32;
@@ -339,7 +299,7 @@ impl TunnelConfig {
             line: report::resuming(&self.target.describe(self.port), why),
             shown: false,
         };
-        let interrupted = || Failure::other("interrupted while resuming the tunnel".to_owned());
+        let interrupted = || Error::other("interrupted while resuming the tunnel");
         loop {
             attempts += 1;
             let query = self.target.reconnect_query(sid, session.state.received());
@@ -357,7 +317,7 @@ impl TunnelConfig {
             match attempt {
                 Ok((ws, Opened::ResumedAt(relay_has))) => {
                     let resend = session.state.resume(relay_has).map_err(|e| {
-                        Failure::other(format!("the relay cannot resume the tunnel: {e}"))
+                        Error::other(format!("the relay cannot resume the tunnel: {e}"))
                     })?;
                     tracing::info!(
                         sid = %sid,
@@ -375,9 +335,8 @@ impl TunnelConfig {
                     return Ok((ws, resend));
                 }
                 Ok((_, Opened::Sid(_))) => {
-                    return Err(Failure::other(
-                        "the relay broke the protocol: it answered a resume with a new session"
-                            .to_owned(),
+                    return Err(Error::other(
+                        "the relay broke the protocol: it answered a resume with a new session",
                     ));
                 }
                 Err((failure, Retry::No)) => return Err(self.refused(failure)),
@@ -395,7 +354,7 @@ impl TunnelConfig {
                 Err((failure, Retry::Refused))
                     if started.elapsed() + pause >= REFUSED_RETRY_BUDGET =>
                 {
-                    return Err(Failure::other(format!(
+                    return Err(Error::other(format!(
                         "lost the connection to the relay at {} ({why}) and it refused to resume the session: {}",
                         self.dialer.endpoint.authority(),
                         failure.message
@@ -403,7 +362,7 @@ impl TunnelConfig {
                 }
                 Err((failure, _)) => {
                     if started.elapsed() + pause > self.resume.budget {
-                        return Err(Failure::other(format!(
+                        return Err(Error::other(format!(
                             "lost the connection to the relay at {} ({why}) and could not resume within {}s: {}",
                             self.dialer.endpoint.authority(),
                             self.resume.budget.as_secs(),
@@ -424,15 +383,15 @@ impl TunnelConfig {
     /// Runs a whole tunnel over `session`'s local ends, resuming after connection losses.
     ///
     /// # Errors
-    /// A [`Failure`] whenever the tunnel did not end in order.
+    /// An [`Error`] whenever the tunnel did not end in order.
     pub async fn run<I: LocalInput, O: LocalOutput>(
         &self,
         session: &mut Session<I, O>,
         cancel: &CancellationToken,
-    ) -> Result<(), Failure> {
+    ) -> Result<(), Error> {
         let (mut ws, sid) = tokio::select! {
             connected = self.connect() => connected?,
-            () = cancel.cancelled() => return Err(Failure::other("interrupted before the tunnel opened".to_owned())),
+            () = cancel.cancelled() => return Err(Error::other("interrupted before the tunnel opened")),
         };
         let opened_at = Instant::now();
         let target = self.target.describe(self.port);
@@ -494,25 +453,23 @@ impl TunnelConfig {
                         Err(self.close_failure(code, &reason))
                     }
                 },
-                PumpEnd::TransportLost(detail) => Err(Failure::other(format!(
+                PumpEnd::TransportLost(detail) => Err(Error::other(format!(
                     "lost the connection to the relay at {}: {detail}",
                     self.dialer.endpoint.authority()
                 ))),
-                PumpEnd::LocalFailed { error, .. } => Err(Failure::other(error)),
-                PumpEnd::Violation { detail, .. } => Err(Failure::other(format!(
+                PumpEnd::LocalFailed { error, .. } => Err(Error::other(error)),
+                PumpEnd::Violation { detail, .. } => Err(Error::other(format!(
                     "the relay broke the protocol: {detail}"
                 ))),
-                PumpEnd::Detached { code } => Err(Failure::other(format!(
+                PumpEnd::Detached { code } => Err(Error::other(format!(
                     "the tunnel was detached with code {code}"
                 ))),
-                PumpEnd::IdleTimeout => {
-                    Err(Failure::other("the tunnel was idle too long".to_owned()))
-                }
+                PumpEnd::IdleTimeout => Err(Error::other("the tunnel was idle too long")),
             };
         };
         // Whatever arrived before the end still belongs to the user.
         let result = match session.drain_output().await {
-            Err(e) if result.is_ok() => Err(Failure::other(format!("writing local output: {e}"))),
+            Err(e) if result.is_ok() => Err(Error::other(format!("writing local output: {e}"))),
             _ => result,
         };
         tracing::info!(

@@ -10,31 +10,15 @@ use std::path::{Path, PathBuf};
 
 use serde::Deserialize;
 
-/// The file as written. Unknown keys are refused, so a typo is an error, not a silent default.
-#[derive(Clone, Debug, Default, Deserialize, PartialEq, Eq)]
-#[serde(deny_unknown_fields)]
-pub struct UserConfig {
-    /// Relay URL, as `--endpoint`.
-    pub endpoint: Option<String>,
-    /// Extra trusted CA certificates (PEM), as `--ca-file`; relative to the file's folder.
-    pub ca_file: Option<PathBuf>,
-    /// Suffix stripped from HOST, as `--host-suffix`.
-    pub host_suffix: Option<String>,
-    /// Default project, below `--project` and `CLOUDSDK_CORE_PROJECT`.
-    pub project: Option<String>,
-    /// Default zone, below `--zone` and `CLOUDSDK_COMPUTE_ZONE`.
-    pub zone: Option<String>,
-    /// HTTP proxy URL, as `--proxy` (`none` for none).
-    pub proxy: Option<String>,
-    /// Seconds to keep trying to resume a lost tunnel, as `--resume-timeout`.
-    pub resume_timeout_secs: Option<u64>,
-}
+use super::error::Error;
+use super::options::{self, Kind};
 
 /// A configuration file that was found, with where it is (for messages and `--check`).
 #[derive(Clone, Debug, Default)]
 pub struct Loaded {
-    /// Its values, relative paths already resolved against its folder.
-    pub values: UserConfig,
+    /// Its values as `(option name, value)`, relative paths already resolved against its
+    /// folder.
+    pub values: Vec<(&'static str, String)>,
     /// The file.
     pub path: PathBuf,
 }
@@ -43,6 +27,14 @@ impl Loaded {
     /// How `--check` and error messages name this file.
     pub fn label(&self) -> String {
         format!("config file {}", self.path.display())
+    }
+
+    /// The file's value for the option `name` (the option's name, not its file key).
+    pub fn get(&self, name: &str) -> Option<&str> {
+        self.values
+            .iter()
+            .find(|(n, _)| *n == name)
+            .map(|(_, v)| v.as_str())
     }
 }
 
@@ -69,28 +61,54 @@ pub fn location(env: &dyn Fn(&str) -> Option<String>) -> Option<(PathBuf, bool)>
 /// # Errors
 /// A file that cannot be read or parsed, or a named file that does not exist; the message
 /// names the file and what to do.
-pub fn load(path: &Path, named: bool) -> Result<Option<Loaded>, String> {
+pub fn load(path: &Path, named: bool) -> Result<Option<Loaded>, Error> {
     let text = match std::fs::read_to_string(path) {
         Ok(text) => text,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound && !named => return Ok(None),
         Err(e) => {
-            return Err(format!(
+            return Err(Error::usage(format!(
                 "reading the configuration file {} (IAP_SSH_CONFIG): {e}",
                 path.display()
-            ));
+            )));
         }
     };
-    let mut values: UserConfig = toml::from_str(&text).map_err(|e| {
-        let what = e.message().trim().to_owned();
-        format!(
-            "configuration file {}: {what} (keys: endpoint, ca_file, host_suffix, project, zone, proxy, resume_timeout_secs)",
-            path.display()
-        )
-    })?;
-    if let (Some(ca), Some(dir)) = (&values.ca_file, path.parent())
-        && ca.is_relative()
-    {
-        values.ca_file = Some(dir.join(ca));
+    // Keys are the options' file keys (`options::OPTIONS`); an unknown key is refused, so a
+    // typo is an error, not a silent default.
+    let bad = |what: &str| {
+        let keys: Vec<&str> = options::file_keys().collect();
+        Error::usage(format!(
+            "configuration file {}: {} (keys: {})",
+            path.display(),
+            what.trim(),
+            keys.join(", ")
+        ))
+    };
+    let table: toml::Table = toml::from_str(&text).map_err(|e| bad(e.message()))?;
+    let mut values = Vec::new();
+    for (key, value) in table {
+        let Some(opt) = options::by_file_key(&key) else {
+            let expected: Vec<String> = options::file_keys().map(|k| format!("`{k}`")).collect();
+            return Err(bad(&format!(
+                "unknown field `{key}`, expected one of {}",
+                expected.join(", ")
+            )));
+        };
+        let value = match opt.kind {
+            Kind::File => {
+                let file = PathBuf::deserialize(value).map_err(|e| bad(e.message()))?;
+                match path.parent() {
+                    Some(dir) if file.is_relative() => dir.join(file),
+                    _ => file,
+                }
+                .display()
+                .to_string()
+            }
+            Kind::Seconds => u64::deserialize(value)
+                .map_err(|e| bad(e.message()))?
+                .to_string(),
+            _ => String::deserialize(value).map_err(|e| bad(e.message()))?,
+        };
+        values.push((opt.name, value));
     }
     Ok(Some(Loaded {
         values,
@@ -138,21 +156,34 @@ mod tests {
         )
         .unwrap();
         let loaded = load(&path, false).unwrap().unwrap();
-        assert_eq!(
-            loaded.values.endpoint.as_deref(),
-            Some("wss://relay.example:8443")
-        );
-        assert_eq!(loaded.values.ca_file, Some(dir.path().join("ca.pem")));
-        assert_eq!(loaded.values.resume_timeout_secs, Some(60));
+        assert_eq!(loaded.get("endpoint"), Some("wss://relay.example:8443"));
+        let ca = dir.path().join("ca.pem").display().to_string();
+        assert_eq!(loaded.get("ca-file"), Some(ca.as_str()));
+        assert_eq!(loaded.get("resume-timeout"), Some("60"));
+        assert_eq!(loaded.get("project"), Some("p"));
 
         std::fs::write(&path, "endpont = \"x\"\n").unwrap();
-        let err = load(&path, false).unwrap_err();
+        let err = load(&path, false).unwrap_err().message;
         assert!(err.contains("unknown field `endpont`"), "{err}");
         assert!(err.contains(&path.display().to_string()), "{err}");
         assert!(!err.contains('\n'), "one line: {err}");
 
+        std::fs::write(&path, "resume_timeout_secs = \"x\"\n").unwrap();
+        let err = load(&path, false).unwrap_err().message;
+        assert!(
+            err.ends_with(
+                ": invalid type: string \"x\", expected u64 (keys: endpoint, ca_file, host_suffix, project, zone, proxy, resume_timeout_secs)"
+            ),
+            "{err}"
+        );
+
         let missing = dir.path().join("none.toml");
         assert!(load(&missing, false).unwrap().is_none());
-        assert!(load(&missing, true).unwrap_err().contains("IAP_SSH_CONFIG"));
+        assert!(
+            load(&missing, true)
+                .unwrap_err()
+                .message
+                .contains("IAP_SSH_CONFIG")
+        );
     }
 }
