@@ -2,7 +2,8 @@
 //!
 //! Authentication may need the network (a JWKS refresh, a token-info lookup), so the request
 //! head is read and checked here, asynchronously, and only then handed to tungstenite to finish
-//! the upgrade. [`Prefixed`] replays the bytes already read.
+//! the upgrade. [`Prefixed`] replays the bytes already read. A request refused before that is
+//! answered with a short plain-text [`Refusal`].
 
 use std::io;
 use std::pin::Pin;
@@ -10,6 +11,12 @@ use std::task::{Context, Poll};
 
 use bytes::BytesMut;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
+use tokio_tungstenite::WebSocketStream;
+use tokio_tungstenite::tungstenite;
+use tokio_tungstenite::tungstenite::handshake::server::{ErrorResponse, Request, Response};
+use tokio_tungstenite::tungstenite::http::{HeaderValue, header};
+
+use crate::wire::{SUBPROTOCOL, websocket_config};
 
 /// Largest request head accepted (headers included); larger gets 431.
 pub const MAX_HEAD: usize = 16 * 1024;
@@ -98,13 +105,48 @@ pub async fn read_head<S: AsyncRead + Unpin>(
     }
 }
 
+/// The HTTP errors an upgrade request may be answered with.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Refusal {
+    /// 400: not HTTP/1.1, or a query that names no target.
+    BadRequest,
+    /// 401: no bearer token, or one not accepted.
+    Unauthorized,
+    /// 404: neither `/v4/connect` nor `/v4/reconnect`.
+    NotFound,
+    /// 429: the principal holds its limit of tunnels.
+    TooManyRequests,
+    /// 431: a head over [`MAX_HEAD`].
+    TooLarge,
+    /// 503: the relay is draining; try another node at once.
+    Draining,
+    /// 503: the memory budget is reached; try again shortly.
+    Full,
+}
+
+impl Refusal {
+    /// The status code.
+    pub fn status(self) -> u16 {
+        self.parts().0
+    }
+
+    /// Status, reason phrase (also the body) and an extra header.
+    fn parts(self) -> (u16, &'static str, Option<&'static str>) {
+        match self {
+            Refusal::BadRequest => (400, "Bad Request", None),
+            Refusal::Unauthorized => (401, "Unauthorized", Some("WWW-Authenticate: Bearer")),
+            Refusal::NotFound => (404, "Not Found", None),
+            Refusal::TooManyRequests => (429, "Too Many Requests", None),
+            Refusal::TooLarge => (431, "Request Header Fields Too Large", None),
+            Refusal::Draining => (503, "Service Unavailable", Some("Retry-After: 1")),
+            Refusal::Full => (503, "Service Unavailable", Some("Retry-After: 5")),
+        }
+    }
+}
+
 /// Writes a short HTTP error response and closes.
-pub async fn refuse<S: AsyncWrite + Unpin>(
-    stream: &mut S,
-    status: u16,
-    reason: &str,
-    extra_header: Option<&str>,
-) {
+pub async fn refuse<S: AsyncWrite + Unpin>(stream: &mut S, refusal: Refusal) {
+    let (status, reason, extra_header) = refusal.parts();
     let extra = extra_header.map(|h| format!("{h}\r\n")).unwrap_or_default();
     let body = format!("{reason}\n");
     let response = format!(
@@ -113,6 +155,40 @@ pub async fn refuse<S: AsyncWrite + Unpin>(
     );
     let _ = stream.write_all(response.as_bytes()).await;
     let _ = stream.shutdown().await;
+}
+
+/// Finishes the WebSocket handshake on `stream` (which replays the head already read),
+/// echoing the IAP subprotocol when the client offers it.
+///
+/// # Errors
+/// When the request is not a valid WebSocket upgrade, or the connection fails.
+pub async fn accept_websocket<S: AsyncRead + AsyncWrite + Unpin>(
+    stream: Prefixed<S>,
+) -> Result<WebSocketStream<Prefixed<S>>, tungstenite::Error> {
+    // tungstenite fixes the callback's error type; this callback never fails.
+    #[allow(clippy::result_large_err)]
+    let echo_subprotocol = |req: &Request, mut resp: Response| -> Result<Response, ErrorResponse> {
+        let offered = req
+            .headers()
+            .get_all(header::SEC_WEBSOCKET_PROTOCOL)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .flat_map(|v| v.split(','))
+            .any(|p| p.trim().eq_ignore_ascii_case(SUBPROTOCOL));
+        if offered {
+            resp.headers_mut().insert(
+                header::SEC_WEBSOCKET_PROTOCOL,
+                HeaderValue::from_static(SUBPROTOCOL),
+            );
+        }
+        Ok(resp)
+    };
+    tokio_tungstenite::accept_hdr_async_with_config(
+        stream,
+        echo_subprotocol,
+        Some(websocket_config()),
+    )
+    .await
 }
 
 /// A stream that first yields `prefix`, then reads from `inner`; writes go to `inner`.
