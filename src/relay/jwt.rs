@@ -20,7 +20,7 @@ use serde::Deserialize;
 use tokio::sync::{Mutex, RwLock};
 
 use super::authn::{AuthError, Identity};
-use super::http::HttpClient;
+use super::outbound::HttpClient;
 
 /// An unknown `kid` refetches a JWKS URL at most this often (key rotation without letting
 /// garbage tokens hammer the identity provider).

@@ -10,8 +10,8 @@ use tokio_rustls::TlsAcceptor;
 
 use super::authn::{Authenticator, Credential};
 use super::config::{RelayConfig, SESSION_OVERHEAD_BYTES};
-use super::http::HttpClient;
 use super::jwt::JwtVerifier;
+use super::outbound::HttpClient;
 use super::policy::{self, Decision};
 use super::sessions::Grant;
 use super::tokeninfo::TokenInfo;
