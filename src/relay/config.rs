@@ -544,33 +544,20 @@ fn check_member(member: &str) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// A TOML offset date-time as a point in time.
+/// A TOML offset date-time as a point in time, to the whole second (a fraction is dropped).
 fn datetime_to_system(dt: &toml::value::Datetime) -> anyhow::Result<SystemTime> {
-    let (Some(date), Some(time), Some(offset)) = (dt.date, dt.time, dt.offset) else {
+    if dt.date.is_none() || dt.time.is_none() || dt.offset.is_none() {
         bail!("{dt} must be a full date-time with offset, e.g. 2027-01-31T00:00:00Z");
-    };
-    // Days from the civil date (proleptic Gregorian), then seconds.
-    let (y, m, d) = (
-        i64::from(date.year),
-        i64::from(date.month),
-        i64::from(date.day),
-    );
-    let y = if m <= 2 { y - 1 } else { y };
-    let era = y.div_euclid(400);
-    let yoe = y.rem_euclid(400);
-    let doy = (153 * (if m > 2 { m - 3 } else { m + 9 }) + 2) / 5 + d - 1;
-    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
-    let days = era * 146_097 + doe - 719_468;
-    let offset_secs = match offset {
-        toml::value::Offset::Z => 0,
-        toml::value::Offset::Custom { minutes } => i64::from(minutes) * 60,
-    };
-    let secs = days * 86_400
-        + i64::from(time.hour) * 3600
-        + i64::from(time.minute) * 60
-        + i64::from(time.second)
-        - offset_secs;
-    let secs = u64::try_from(secs).map_err(|_| anyhow::anyhow!("{dt} is before 1970"))?;
+    }
+    // TOML writes a full offset date-time in RFC 3339, the form a timestamp parses from.
+    let at: jiff::Timestamp = dt
+        .to_string()
+        .parse()
+        .with_context(|| format!("{dt} is not a valid date-time"))?;
+    if at < jiff::Timestamp::UNIX_EPOCH {
+        bail!("{dt} is before 1970");
+    }
+    let secs = u64::try_from(at.as_second()).unwrap_or_default();
     Ok(SystemTime::UNIX_EPOCH + Duration::from_secs(secs))
 }
 
@@ -597,6 +584,23 @@ members = ["user:a@example.com"]
 resource = "projects/p"
 ports = [22]
 "#;
+
+    #[test]
+    fn binding_expiries_are_points_in_time() {
+        let at = |text: &str| {
+            let dt: toml::value::Datetime = text.parse().unwrap();
+            datetime_to_system(&dt)
+                .map(|t| t.duration_since(SystemTime::UNIX_EPOCH).unwrap().as_secs())
+        };
+        assert_eq!(at("1970-01-01T00:00:00Z").unwrap(), 0);
+        assert_eq!(at("2000-02-29T00:00:00Z").unwrap(), 951_782_400);
+        assert_eq!(at("2026-11-18T11:06:40.999Z").unwrap(), 1_795_000_000);
+        assert_eq!(at("2026-11-18T12:36:40+01:30").unwrap(), 1_795_000_000);
+        assert_eq!(at("2099-12-31T23:59:59-00:00").unwrap(), 4_102_444_799);
+        assert!(at("1969-12-31T23:59:59Z").is_err());
+        assert!(at("2027-01-31T00:00:00").is_err(), "no offset");
+        assert!(at("2027-01-31").is_err(), "a date only");
+    }
 
     #[test]
     fn good_config_parses_with_paths_resolved() {
