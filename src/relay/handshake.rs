@@ -1,29 +1,37 @@
 //! From an accepted TCP connection to an authenticated WebSocket: the first-byte limit, TLS,
-//! the upgrade request, the client's address behind trusted proxies, authentication, and the
-//! admission of a new tunnel (drain, per-principal limit, memory budget).
+//! the upgrade request served by hyper, the client's address behind trusted proxies,
+//! authentication, and the admission of a new tunnel (drain, per-principal limit, memory
+//! budget).
 
+use std::convert::Infallible;
 use std::net::IpAddr;
-use std::sync::Arc;
+use std::pin::Pin;
 use std::sync::atomic::Ordering;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use futures_util::StreamExt;
-use tokio::io::{AsyncRead, AsyncWrite};
+use hyper::Request;
+use hyper::body::Incoming;
+use hyper::service::service_fn;
+use hyper_util::rt::TokioIo;
+use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio_tungstenite::WebSocketStream;
-use tokio_tungstenite::tungstenite::protocol::CloseFrame;
+use tokio_tungstenite::tungstenite::protocol::{CloseFrame, Role};
 use tokio_util::either::Either;
-use tracing::info;
+use tracing::{debug, info};
 
 use super::admission::{Admitted, HandshakeSlot};
 use super::authn::{self, AuthError, Credential, Identity};
-use super::inventory::Cidr;
+use super::forwarded::client_address;
 use super::report::Outcome;
 use super::serve::Relay;
 use super::state::State;
-use super::upgrade::{self, Head, HeadError, Prefixed, Refusal};
+use super::upgrade::{self, Answer, Head, Prefixed, Refusal};
 use crate::close;
 use crate::target::{self, Target};
+use crate::wire::websocket_config;
 
 type ServerStream = Prefixed<Either<tokio_rustls::server::TlsStream<TcpStream>, TcpStream>>;
 /// A client's WebSocket, after the upgrade.
@@ -104,55 +112,96 @@ async fn upgrade(
     peer: IpAddr,
 ) -> Option<(ServerSocket, Caller)> {
     let accepted = Instant::now();
-    let mut stream = secure(relay, state, stream).await?;
-    let client_cert = super::tls::stream_has_client_cert(&stream);
-    let (head, bytes) = match upgrade::read_head(&mut stream).await {
-        Ok(read) => read,
-        Err(HeadError::TooLarge) => {
-            upgrade::refuse(&mut stream, Refusal::TooLarge).await;
-            return None;
-        }
-        Err(HeadError::Malformed) => {
-            upgrade::refuse(&mut stream, Refusal::BadRequest).await;
-            return None;
-        }
-        Err(HeadError::Io(_)) => return None,
-    };
-    let client = client_address(
-        &state.config.trusted_proxies,
+    let stream = secure(relay, state, stream).await?;
+    let exchange = Exchange {
+        relay,
+        state,
         peer,
-        head.forwarded_for.as_deref(),
-    );
-    let token = head
-        .authorization
-        .as_deref()
-        .and_then(authn::bearer)
-        .unwrap_or_default()
-        .to_owned();
-    let (identity, asked, admitted) = match check(relay, state, &head, &token, client).await {
-        Ok(checked) => checked,
-        Err(refusal) => {
-            upgrade::refuse(&mut stream, refusal).await;
+        client_cert: super::tls::stream_has_client_cert(&stream),
+        accepted,
+        caller: Mutex::new(None),
+    };
+    let service = service_fn(|req| -> Answering<'_> {
+        let exchange = &exchange;
+        Box::pin(async move { Ok(exchange.answer(req).await) })
+    });
+    // Without shutdown: after a 101 the connection is the WebSocket's, and hyper gives it
+    // back with the bytes it read past the head.
+    let done = upgrade::builder()
+        .serve_connection(TokioIo::new(stream), service)
+        .without_shutdown()
+        .await;
+    let caller = exchange
+        .caller
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .take();
+    let parts = match done {
+        Ok(parts) => parts,
+        Err(e) => {
+            debug!(error = %e, "upgrade request failed");
             return None;
         }
     };
-    let caller = Caller {
-        credential: Credential::of(&identity, &token),
-        identity,
-        token,
-        client,
-        client_cert,
-        asked,
-        admitted,
-        is_gcloud: head.user_agent.as_deref().is_some_and(is_gcloud),
-        accepted,
+    let mut stream = parts.io.into_inner();
+    let Some(caller) = caller else {
+        // Refused: the answer is out.
+        let _ = stream.shutdown().await;
+        return None;
     };
-    match upgrade::accept_websocket(Prefixed::new(bytes, stream)).await {
-        Ok(ws) => Some((ws, caller)),
-        Err(e) => {
-            info!(error = %e, "WebSocket upgrade failed");
-            None
-        }
+    let stream = Prefixed::new(parts.read_buf, stream);
+    let ws = WebSocketStream::from_raw_socket(stream, Role::Server, Some(websocket_config())).await;
+    Some((ws, caller))
+}
+
+/// A future answering one upgrade request.
+type Answering<'a> = Pin<Box<dyn Future<Output = Result<Answer, Infallible>> + Send + 'a>>;
+
+/// One connection's upgrade request as hyper serves it: what is known before it, and the
+/// caller it turns into once answered with a 101.
+struct Exchange<'a> {
+    relay: &'a Relay,
+    state: &'a State,
+    peer: IpAddr,
+    client_cert: bool,
+    accepted: Instant,
+    caller: Mutex<Option<Caller>>,
+}
+
+impl Exchange<'_> {
+    /// Checks the request and answers it: a 101 (and the caller kept for after the upgrade),
+    /// or a refusal.
+    async fn answer(&self, req: Request<Incoming>) -> Answer {
+        let head = Head::of(&req);
+        let client = client_address(
+            &self.state.config.trusted_proxies,
+            self.peer,
+            head.forwarded_for.as_deref(),
+        );
+        let token = head
+            .authorization
+            .as_deref()
+            .and_then(authn::bearer)
+            .unwrap_or_default()
+            .to_owned();
+        let (identity, asked, admitted) =
+            match check(self.relay, self.state, &head, &token, client).await {
+                Ok(checked) => checked,
+                Err(refusal) => return refusal.answer(),
+            };
+        let caller = Caller {
+            credential: Credential::of(&identity, &token),
+            identity,
+            token,
+            client,
+            client_cert: self.client_cert,
+            asked,
+            admitted,
+            is_gcloud: head.user_agent.as_deref().is_some_and(is_gcloud),
+            accepted: self.accepted,
+        };
+        *self.caller.lock().unwrap_or_else(|p| p.into_inner()) = Some(caller);
+        upgrade::switching_protocols(req.headers())
     }
 }
 
@@ -214,6 +263,10 @@ async fn check(
     };
     if head.path != "/v4/connect" && head.path != "/v4/reconnect" {
         return Err(refused(Refusal::NotFound, "unknown path"));
+    }
+    // Before authentication: a token is looked at only when it can open a WebSocket.
+    if !head.upgrade {
+        return Err(refused(Refusal::BadRequest, "not a WebSocket upgrade"));
     }
     let identity = match token {
         "" => Err(AuthError::Missing),
@@ -293,29 +346,6 @@ fn is_gcloud(user_agent: &str) -> bool {
     user_agent.starts_with("gcloud/") || user_agent.contains("command/gcloud.")
 }
 
-/// The client's address: the peer, or the nearest untrusted address in `X-Forwarded-For`
-/// when the peer is a trusted proxy.
-fn client_address(trusted: &[Cidr], peer: IpAddr, forwarded: Option<&str>) -> IpAddr {
-    let trusted = |ip: IpAddr| trusted.iter().any(|c| c.contains(ip));
-    if !trusted(peer) {
-        return peer;
-    }
-    let Some(list) = forwarded else { return peer };
-    let mut client = peer;
-    for hop in list.rsplit(',') {
-        match hop.trim().parse::<IpAddr>() {
-            Ok(ip) => {
-                client = ip;
-                if !trusted(ip) {
-                    break;
-                }
-            }
-            Err(_) => break,
-        }
-    }
-    client
-}
-
 /// Closes `ws` with `code` and its reason text, and waits briefly for the client's reply so
 /// it sees a clean close.
 pub(super) async fn close_with<S: AsyncRead + AsyncWrite + Unpin>(
@@ -336,34 +366,6 @@ pub(super) async fn close_with<S: AsyncRead + AsyncWrite + Unpin>(
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn the_client_is_the_nearest_untrusted_hop() {
-        let trusted = [Cidr::parse("10.0.0.0/8").unwrap()];
-        let ip = |s: &str| s.parse::<IpAddr>().unwrap();
-        let cases = [
-            // An untrusted peer is the client, whatever it forwards.
-            ("192.0.2.1", Some("203.0.113.9"), "192.0.2.1"),
-            ("10.0.0.1", None, "10.0.0.1"),
-            ("10.0.0.1", Some("203.0.113.9"), "203.0.113.9"),
-            // Hops are read from the right; trusted ones are skipped.
-            (
-                "10.0.0.1",
-                Some("198.51.100.7, 203.0.113.9, 10.0.0.2"),
-                "203.0.113.9",
-            ),
-            // Garbage stops the walk at the last address believed.
-            ("10.0.0.1", Some("203.0.113.9, junk, 10.0.0.2"), "10.0.0.2"),
-            ("10.0.0.1", Some("10.0.0.3, 10.0.0.2"), "10.0.0.3"),
-        ];
-        for (peer, forwarded, want) in cases {
-            assert_eq!(
-                client_address(&trusted, ip(peer), forwarded),
-                ip(want),
-                "{peer} {forwarded:?}"
-            );
-        }
-    }
 
     #[test]
     fn gcloud_is_recognised_by_its_user_agent() {

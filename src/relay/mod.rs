@@ -2,9 +2,10 @@
 //! that joins clients to backends.
 //!
 //! A connection's life is a short chain, one module each: [`serve`] accepts it, `handshake`
-//! turns it into an authenticated caller, `connect` opens a session (asking [`locate`] where
-//! the target leads and `dial` to reach it) or `resume` takes one back, `attach` runs the
-//! attachment with its timers, and `report` records every outcome.
+//! turns it into an authenticated caller (the request served by hyper through [`upgrade`],
+//! the client's address from [`forwarded`]), `connect` opens a session (asking [`locate`]
+//! where the target leads and `dial` to reach it) or `resume` takes one back, `attach` runs
+//! the attachment with its timers, and `report` records every outcome.
 
 pub mod admin;
 pub mod admission;
@@ -15,6 +16,7 @@ pub mod check;
 pub mod config;
 mod connect;
 mod dial;
+pub mod forwarded;
 mod handshake;
 pub mod init;
 pub mod inventory;
