@@ -16,7 +16,12 @@
 //! - [`session::pump`]: joins a local byte stream and a WebSocket, doing what
 //!   [`session::attach`] decides.
 //! - [`client`]: credentials, TLS dial, tunnels, stdio mode (`iap-ssh`).
-//! - [`relay`]: configuration, authentication, policy, inventory, server (`iap-relay`).
+//! - [`relay`]: the server (`iap-relay`): configuration, authentication, policy, inventory;
+//!   a connection runs [`relay::serve`] (accept, drain, reload) → handshake (TLS, the
+//!   upgrade on hyper's server, authentication, admission) → connect ([`relay::locate`],
+//!   pure, then dial) or resume → attach (the pump and the session's timers), each outcome
+//!   written once by report. One HTTP stack, hyper, for the upgrade, the admin endpoint and
+//!   [`relay::outbound`] lookups.
 //!
 //! Data flow in stdio mode: stdin thread → DATA message built in place → WebSocket →
 //! relay → backend TCP; and back: WebSocket → payload slice (no copy) → stdout thread.

@@ -8,7 +8,7 @@ use std::sync::Arc;
 
 use argh::FromArgs;
 use iap_ssh::relay::config::{ConfigProblems, RelayConfig};
-use iap_ssh::relay::server::{self, Relay};
+use iap_ssh::relay::serve::{self, Relay};
 use iap_ssh::relay::{check, init};
 use tokio::signal::unix::{SignalKind, signal};
 use tokio_util::sync::CancellationToken;
@@ -310,7 +310,7 @@ fn run(path: &Path) -> anyhow::Result<()> {
         stdout.flush()?;
         drop(stdout);
 
-        let serving = tokio::spawn(server::serve(relay.clone(), listener, stop.clone()));
+        let serving = tokio::spawn(serve::serve(relay.clone(), listener, stop.clone()));
         loop {
             tokio::select! {
                 _ = hup.recv() => match relay.reload(path).await {

@@ -1,15 +1,21 @@
 //! The admin endpoint on its own address: `GET /healthz` and `GET /metrics`, plain HTTP/1.1,
-//! one request per connection. It carries no secrets and takes no input beyond the path.
+//! one request per connection, served by hyper like the clients' upgrade requests. It carries no secrets and takes no input beyond the path.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::TcpListener;
+use std::convert::Infallible;
+
+use hyper::body::Incoming;
+use hyper::service::service_fn;
+use hyper::{Method, Request, StatusCode};
+use hyper_util::rt::TokioIo;
+use tokio::net::{TcpListener, TcpStream};
 use tokio_util::sync::CancellationToken;
 
 use super::metrics::Metrics;
+use super::upgrade::{self, Answer};
 
 /// Bound on reading one admin request.
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(5);
@@ -41,48 +47,56 @@ pub async fn serve(
     }
 }
 
-async fn answer(
-    mut stream: tokio::net::TcpStream,
-    metrics: &Metrics,
-    draining: &AtomicBool,
-) -> std::io::Result<()> {
-    let mut buf = [0u8; 2048];
-    let mut len = 0;
-    // Read until the end of the request head (or a full buffer: the path is all we need).
-    while len < buf.len()
-        && !buf
-            .get(..len)
-            .unwrap_or_default()
-            .windows(4)
-            .any(|w| w == b"\r\n\r\n")
-    {
-        let n = stream.read(buf.get_mut(len..).unwrap_or_default()).await?;
-        if n == 0 {
-            break;
-        }
-        len += n;
-    }
-    let head = String::from_utf8_lossy(buf.get(..len).unwrap_or_default());
-    let mut words = head.split_whitespace();
-    let (method, path) = (words.next().unwrap_or(""), words.next().unwrap_or(""));
+/// One admin connection: one request, answered on the relay's HTTP stack.
+async fn answer(stream: TcpStream, metrics: &Metrics, draining: &AtomicBool) {
+    let service = service_fn(|req: Request<Incoming>| {
+        let answer = route(req.method(), req.uri().path(), metrics, draining);
+        std::future::ready(Ok::<_, Infallible>(answer))
+    });
+    let _ = upgrade::builder()
+        .serve_connection(TokioIo::new(stream), service)
+        .await;
+}
+
+/// The answer to `method` on `path`.
+fn route(method: &Method, path: &str, metrics: &Metrics, draining: &AtomicBool) -> Answer {
     let (status, body) = match (method, path) {
-        ("GET", "/healthz") if draining.load(Ordering::Relaxed) => {
-            ("503 Service Unavailable", "draining\n".to_owned())
+        (&Method::GET, "/healthz") if draining.load(Ordering::Relaxed) => {
+            (StatusCode::SERVICE_UNAVAILABLE, "draining\n".to_owned())
         }
-        ("GET", "/healthz") => ("200 OK", "ok\n".to_owned()),
-        ("GET", "/metrics") => ("200 OK", metrics.render()),
-        ("GET", _) => ("404 Not Found", "not found\n".to_owned()),
-        _ => ("405 Method Not Allowed", "GET only\n".to_owned()),
+        (&Method::GET, "/healthz") => (StatusCode::OK, "ok\n".to_owned()),
+        (&Method::GET, "/metrics") => (StatusCode::OK, metrics.render()),
+        (&Method::GET, _) => (StatusCode::NOT_FOUND, "not found\n".to_owned()),
+        _ => (StatusCode::METHOD_NOT_ALLOWED, "GET only\n".to_owned()),
     };
     let content_type = if path == "/metrics" {
         "text/plain; version=0.0.4"
     } else {
         "text/plain"
     };
-    let response = format!(
-        "HTTP/1.1 {status}\r\nContent-Type: {content_type}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
-        body.len()
-    );
-    stream.write_all(response.as_bytes()).await?;
-    stream.shutdown().await
+    upgrade::plain_text(status, body, content_type)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn routes() {
+        let metrics = Metrics::default();
+        let draining = AtomicBool::new(false);
+        let get = |path: &str| route(&Method::GET, path, &metrics, &draining);
+        assert_eq!(get("/healthz").status(), StatusCode::OK);
+        assert_eq!(get("/nope").status(), StatusCode::NOT_FOUND);
+        let metrics_answer = get("/metrics");
+        assert_eq!(
+            metrics_answer.headers()["content-type"],
+            "text/plain; version=0.0.4"
+        );
+        draining.store(true, Ordering::Relaxed);
+        let get = |path: &str| route(&Method::GET, path, &metrics, &draining);
+        assert_eq!(get("/healthz").status(), StatusCode::SERVICE_UNAVAILABLE);
+        let post = route(&Method::POST, "/healthz", &metrics, &draining);
+        assert_eq!(post.status(), StatusCode::METHOD_NOT_ALLOWED);
+    }
 }

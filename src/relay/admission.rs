@@ -1,10 +1,12 @@
-//! What a caller may hold before and after it is known: handshakes per client address, and the
-//! relay-wide memory budget that every session reserves its worst case from.
+//! What a caller may hold before and after it is known: handshakes per client address, tunnels
+//! per principal, and the relay-wide memory budget that every session reserves its worst case
+//! from.
 //!
 //! Both are counters behind guards that give back what they took when dropped, so no path
 //! (an error, a cancelled task, a parked session that expires) can leak a slot.
 
 use std::collections::HashMap;
+use std::hash::Hash;
 use std::net::IpAddr;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
@@ -19,43 +21,61 @@ pub fn address_key(ip: IpAddr) -> IpAddr {
     }
 }
 
-/// Connections per client address that are between accept and a finished upgrade.
-#[derive(Debug, Default)]
-pub struct HandshakeGate {
-    counts: Mutex<HashMap<IpAddr, usize>>,
-}
-
-/// One connection's place in [`HandshakeGate`]; released on drop.
+/// Holders per key, each counted by a [`Slot`] that gives its place back when dropped. Counts
+/// unfinished handshakes per client address ([`HandshakeGate`]) and tunnels per principal
+/// ([`PrincipalGate`]): one counter, so neither can be counted down twice or forgotten.
 #[derive(Debug)]
-pub struct HandshakeSlot {
-    gate: Arc<HandshakeGate>,
-    key: IpAddr,
+pub struct Gate<K: Hash + Eq> {
+    counts: Mutex<HashMap<K, usize>>,
 }
 
-impl HandshakeGate {
-    /// Takes a slot for `ip` unless it already has `limit`.
-    pub fn try_enter(self: &Arc<Self>, ip: IpAddr, limit: usize) -> Option<HandshakeSlot> {
-        let key = address_key(ip);
+impl<K: Hash + Eq> Default for Gate<K> {
+    fn default() -> Self {
+        Gate {
+            counts: Mutex::default(),
+        }
+    }
+}
+
+/// One holder's place in a [`Gate`]; released on drop.
+#[derive(Debug)]
+pub struct Slot<K: Hash + Eq> {
+    gate: Arc<Gate<K>>,
+    key: K,
+}
+
+/// Connections per client address ([`address_key`]) between accept and a finished upgrade.
+pub type HandshakeGate = Gate<IpAddr>;
+/// One connection's place in the [`HandshakeGate`].
+pub type HandshakeSlot = Slot<IpAddr>;
+/// Tunnels per principal, attached or parked.
+pub type PrincipalGate = Gate<String>;
+/// One tunnel's place in the [`PrincipalGate`], held by the session until it ends.
+pub type PrincipalSlot = Slot<String>;
+
+impl<K: Hash + Eq + Clone> Gate<K> {
+    /// Takes a slot for `key` unless it already has `limit`.
+    pub fn try_enter(self: &Arc<Self>, key: K, limit: usize) -> Option<Slot<K>> {
         // Every update is one insert or remove, so a poisoned lock holds a consistent map.
         let mut counts = self.counts.lock().unwrap_or_else(|p| p.into_inner());
-        let count = counts.entry(key).or_default();
+        let count = counts.entry(key.clone()).or_default();
         if *count >= limit {
             return None;
         }
         *count += 1;
-        Some(HandshakeSlot {
+        Some(Slot {
             gate: self.clone(),
             key,
         })
     }
 
-    /// Addresses with a handshake in progress (for tests and metrics).
-    pub fn addresses(&self) -> usize {
+    /// Keys holding at least one slot (for tests and metrics).
+    pub fn keys(&self) -> usize {
         self.counts.lock().unwrap_or_else(|p| p.into_inner()).len()
     }
 }
 
-impl Drop for HandshakeSlot {
+impl<K: Hash + Eq> Drop for Slot<K> {
     fn drop(&mut self) {
         let mut counts = self.gate.counts.lock().unwrap_or_else(|p| p.into_inner());
         if let Some(n) = counts.get_mut(&self.key) {
@@ -65,6 +85,16 @@ impl Drop for HandshakeSlot {
             }
         }
     }
+}
+
+/// What a new session holds from admission until it ends: its place among its principal's
+/// tunnels and its share of the memory budget. Dropping it gives both back.
+#[derive(Debug)]
+pub struct Admitted {
+    /// The principal's tunnel slot.
+    pub principal: PrincipalSlot,
+    /// The memory reservation.
+    pub reservation: Reservation,
 }
 
 /// The relay-wide memory budget for session buffers.
@@ -129,32 +159,37 @@ mod tests {
     #[test]
     fn handshake_slots_are_per_address_and_given_back() {
         let gate = Arc::new(HandshakeGate::default());
+        let enter = |ip: IpAddr| gate.try_enter(address_key(ip), 2);
         let a: IpAddr = "192.0.2.1".parse().unwrap();
         let b: IpAddr = "192.0.2.2".parse().unwrap();
-        let first = gate.try_enter(a, 2).unwrap();
-        let _second = gate.try_enter(a, 2).unwrap();
-        assert!(gate.try_enter(a, 2).is_none(), "third from one address");
-        assert!(
-            gate.try_enter(b, 2).is_some(),
-            "another address is not affected"
-        );
+        let first = enter(a).unwrap();
+        let _second = enter(a).unwrap();
+        assert!(enter(a).is_none(), "third from one address");
+        assert!(enter(b).is_some(), "another address is not affected");
         drop(first);
-        assert!(gate.try_enter(a, 2).is_some(), "a slot comes back on drop");
+        assert!(enter(a).is_some(), "a slot comes back on drop");
     }
 
     #[test]
     fn ipv6_counts_by_slash_64_and_mapped_v4_as_v4() {
         let gate = Arc::new(HandshakeGate::default());
-        let one: IpAddr = "2001:db8:1:2::1".parse().unwrap();
-        let same_64: IpAddr = "2001:db8:1:2:ffff::9".parse().unwrap();
-        let other_64: IpAddr = "2001:db8:1:3::1".parse().unwrap();
-        let _held = gate.try_enter(one, 1).unwrap();
-        assert!(gate.try_enter(same_64, 1).is_none());
-        assert!(gate.try_enter(other_64, 1).is_some());
-        let v4: IpAddr = "192.0.2.7".parse().unwrap();
-        let mapped: IpAddr = "::ffff:192.0.2.7".parse().unwrap();
-        let _v4 = gate.try_enter(v4, 1).unwrap();
-        assert!(gate.try_enter(mapped, 1).is_none());
+        let enter = |ip: &str| gate.try_enter(address_key(ip.parse().unwrap()), 1);
+        let _held = enter("2001:db8:1:2::1").unwrap();
+        assert!(enter("2001:db8:1:2:ffff::9").is_none(), "same /64");
+        assert!(enter("2001:db8:1:3::1").is_some(), "another /64");
+        let _v4 = enter("192.0.2.7").unwrap();
+        assert!(enter("::ffff:192.0.2.7").is_none(), "mapped v4 is v4");
+    }
+
+    #[test]
+    fn principal_slots_count_until_dropped() {
+        let gate = Arc::new(PrincipalGate::default());
+        let a = gate.try_enter("user:a@x.io".to_owned(), 1).unwrap();
+        assert!(gate.try_enter("user:a@x.io".to_owned(), 1).is_none());
+        assert_eq!(gate.keys(), 1);
+        drop(a);
+        assert_eq!(gate.keys(), 0, "an emptied key is forgotten");
+        assert!(gate.try_enter("user:a@x.io".to_owned(), 1).is_some());
     }
 
     #[test]

@@ -112,28 +112,13 @@ impl AuditLog {
     }
 }
 
-/// `2026-11-28T18:04:05.123Z` without pulling in a date library.
+/// `2026-11-28T18:04:05.123Z`: UTC to the millisecond (truncated), the form of every audit
+/// line's `time`. A clock before 1970 is written as the epoch.
 pub fn rfc3339(t: SystemTime) -> String {
-    let d = t.duration_since(SystemTime::UNIX_EPOCH).unwrap_or_default();
-    let secs = d.as_secs();
-    let (days, rem) = (secs / 86_400, secs % 86_400);
-    // Civil date from days since 1970-01-01 (proleptic Gregorian calendar).
-    let z = days as i64 + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z.rem_euclid(146_097);
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let day = doy - (153 * mp + 2) / 5 + 1;
-    let month = if mp < 10 { mp + 3 } else { mp - 9 };
-    let year = yoe + era * 400 + i64::from(month <= 2);
-    format!(
-        "{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}.{:03}Z",
-        rem / 3600,
-        rem % 3600 / 60,
-        rem % 60,
-        d.subsec_millis()
-    )
+    let t = t.max(SystemTime::UNIX_EPOCH);
+    // Only a time past the year 9999 does not convert.
+    let at = jiff::Timestamp::try_from(t).unwrap_or(jiff::Timestamp::MAX);
+    format!("{at:.3}")
 }
 
 #[cfg(test)]
@@ -155,6 +140,10 @@ mod tests {
                 want
             );
         }
+        let late = SystemTime::UNIX_EPOCH + Duration::new(1_795_000_000, 999_999_999);
+        assert_eq!(rfc3339(late), "2026-11-18T11:06:40.999Z", "truncated");
+        let early = SystemTime::UNIX_EPOCH - Duration::from_secs(1);
+        assert_eq!(rfc3339(early), "1970-01-01T00:00:00.000Z");
     }
 
     #[test]

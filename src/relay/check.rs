@@ -8,8 +8,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use super::config::RelayConfig;
-use super::http::HttpClient;
 use super::jwt::JwtVerifier;
+use super::outbound::HttpClient;
 
 /// Every problem with the files and services `config` names, one sentence each.
 pub async fn problems(config: &RelayConfig, online: bool) -> Vec<String> {

@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 
 use tokio::sync::Notify;
 
-use super::admission::Reservation;
+use super::admission::Admitted;
 use super::authn::Credential;
 use crate::close;
 use crate::session::local::{TcpInput, TcpOutput};
@@ -61,8 +61,9 @@ pub struct Parked {
     pub session: RelaySession,
     /// Its description.
     pub info: SessionInfo,
-    /// Its share of the memory budget, held while it is attached or parked.
-    pub reservation: Reservation,
+    /// Its principal's tunnel slot and its share of the memory budget, held while it is
+    /// attached or parked and given back when it is dropped.
+    pub admitted: Admitted,
 }
 
 #[derive(Debug)]

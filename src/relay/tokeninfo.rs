@@ -23,8 +23,8 @@ use serde::Deserialize;
 use tokio::sync::{Mutex, Semaphore};
 
 use super::authn::{AuthError, Identity};
-use super::http::HttpClient;
 use super::jwt::principal_for;
+use super::outbound::HttpClient;
 use super::throttle::{PerSource, Rate};
 
 /// Google's token-info endpoint.

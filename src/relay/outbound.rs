@@ -1,5 +1,6 @@
-//! A small HTTPS GET client for the relay's own lookups (JWKS documents, token-info), on the
-//! same rustls and ring as everything else. Plain `http://` is allowed only to loopback, so a
+//! The relay's outbound HTTP: a small HTTPS GET client for its own lookups (JWKS documents,
+//! token-info), on the same rustls and ring as everything else. Clients' requests come in
+//! through `handshake` and `upgrade`, never through here. Plain `http://` is allowed only to loopback, so a
 //! token sent to a token-info endpoint never crosses a network in clear text.
 
 use std::path::Path;
