@@ -18,7 +18,8 @@ use super::sessions::{Grant, Parked};
 use super::state::State;
 use super::watch::{Flow, Stall, Watched};
 use crate::close;
-use crate::session::pump::{self, Attach, Detach, POLICY_VIOLATION, PumpEnd, Role};
+use crate::close::POLICY_VIOLATION;
+use crate::session::pump::{self, Attach, Detach, PumpEnd, Role};
 
 /// How long to wait for the backend to take the bytes a client sent before it closed.
 const BACKEND_DRAIN_WAIT: Duration = Duration::from_secs(10);
@@ -225,7 +226,11 @@ fn ending(end: &PumpEnd, revoked: Option<String>) -> (u16, String, &'static str)
         PumpEnd::TransportLost(d) => (close::ABNORMAL_CLOSURE, d.clone(), "lost"),
         PumpEnd::LocalFailed { error, code } => (*code, error.clone(), "backend_error"),
         PumpEnd::Violation { detail, code } => (*code, detail.clone(), "protocol_error"),
-        PumpEnd::Cancelled => (1001, "relay shutting down".to_owned(), "shutdown"),
+        PumpEnd::Cancelled => (
+            close::GOING_AWAY,
+            "relay shutting down".to_owned(),
+            "shutdown",
+        ),
         PumpEnd::IdleTimeout => (POLICY_VIOLATION, "idle timeout".to_owned(), "idle"),
         PumpEnd::Detached { code } if *code == close::NOT_AUTHORIZED => match revoked {
             Some(reason) => (*code, reason, "revoked"),

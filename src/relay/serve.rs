@@ -206,7 +206,7 @@ pub async fn serve(relay: Arc<Relay>, listener: TcpListener, stop: CancellationT
     for parked in relay.sessions.take_parked() {
         relay.report(Outcome::Closed {
             parked: &parked,
-            code: 1001,
+            code: close::GOING_AWAY,
             detail: "relay shut down",
             result: "shutdown",
         });

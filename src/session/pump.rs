@@ -26,9 +26,6 @@ use crate::close;
 
 pub use super::attach::{CLOSE_WAIT, EOF_ACK_WAIT, IDLE_ACK_DELAY, Keepalive, PumpEnd, Role};
 pub use super::inbound::merge_long_close;
-/// Kept here for callers that name them through the pump; the close-code table is
-/// [`close::CODES`].
-pub use crate::close::{NO_STATUS, POLICY_VIOLATION};
 
 /// Received payload bytes queued for the local side before we stop reading the WebSocket.
 const OUTPUT_QUEUE_LIMIT: usize = 256 * 1024;
