@@ -11,14 +11,14 @@
 mod common;
 
 use std::path::Path;
-use std::process::{Command, Output};
+use std::process::Output;
 use std::time::Duration;
 
 use common::*;
 
-fn iap_ssh(dir: &Path, args: &[&str], path_env: Option<&str>) -> Output {
-    let mut cmd = Command::new(iap_ssh_bin());
-    hermetic_env(&mut cmd, dir);
+/// Runs iap-ssh with `args` in `dir` (its state folder too), `PATH` as given.
+fn run_iap_ssh(dir: &Path, args: &[&str], path_env: Option<&str>) -> Output {
+    let mut cmd = iap_ssh(dir).command();
     if let Some(p) = path_env {
         cmd.env("PATH", p);
     }
@@ -33,7 +33,7 @@ fn stderr(out: &Output) -> String {
 #[test]
 fn help_comes_in_sections_with_examples() {
     let dir = tempfile::tempdir().unwrap();
-    let out = iap_ssh(dir.path(), &["--help"], None);
+    let out = run_iap_ssh(dir.path(), &["--help"], None);
     assert!(out.status.success(), "{}", describe(&out));
     let text = String::from_utf8_lossy(&out.stdout);
     for section in ["Options:", "Examples:", "Notes:", "Error codes:"] {
@@ -57,7 +57,7 @@ fn help_comes_in_sections_with_examples() {
         .split_whitespace()
         .skip(1)
         .collect();
-    let out = iap_ssh(dir.path(), &words, None);
+    let out = run_iap_ssh(dir.path(), &words, None);
     assert!(out.status.success(), "{example}: {}", describe(&out));
     assert!(String::from_utf8_lossy(&out.stdout).contains("Host *.iap"));
 }
@@ -65,7 +65,7 @@ fn help_comes_in_sections_with_examples() {
 #[test]
 fn host_parsing_is_strict_and_shows_the_forms() {
     let dir = tempfile::tempdir().unwrap();
-    let out = iap_ssh(dir.path(), &["vm-1.zone-a.proj.extra", "22"], None);
+    let out = run_iap_ssh(dir.path(), &["vm-1.zone-a.proj.extra", "22"], None);
     assert_eq!(out.status.code(), Some(2), "{}", describe(&out));
     let err = stderr(&out);
     assert!(
@@ -75,7 +75,7 @@ fn host_parsing_is_strict_and_shows_the_forms() {
     );
     assert_eq!(err.lines().count(), 1, "one line: {err}");
     // A name with another suffix than --host-suffix says which suffix to pass.
-    let out = iap_ssh(
+    let out = run_iap_ssh(
         dir.path(),
         &["--host-suffix", ".gcp", "vm-1.zone-a.proj.iap", "22"],
         None,
@@ -92,7 +92,7 @@ fn host_parsing_is_strict_and_shows_the_forms() {
 fn print_ssh_config_keeps_every_flag_and_refuses_what_it_would_drop() {
     let dir = tempfile::tempdir().unwrap();
     std::fs::write(dir.path().join("ca.pem"), "").unwrap();
-    let out = iap_ssh(
+    let out = run_iap_ssh(
         dir.path(),
         &[
             "--print-ssh-config",
@@ -138,7 +138,7 @@ fn print_ssh_config_keeps_every_flag_and_refuses_what_it_would_drop() {
             "--listen",
         ),
     ] {
-        let out = iap_ssh(dir.path(), &args, None);
+        let out = run_iap_ssh(dir.path(), &args, None);
         assert_eq!(out.status.code(), Some(2), "{args:?}: {}", describe(&out));
         assert!(stderr(&out).contains(word), "{args:?}: {}", stderr(&out));
         assert!(out.stdout.is_empty(), "{args:?} printed a block anyway");
@@ -150,7 +150,7 @@ fn print_ssh_config_names_the_binary_as_path_finds_it() {
     let dir = tempfile::tempdir().unwrap();
     let bin_dir = iap_ssh_bin().canonicalize().unwrap();
     let bin_dir = bin_dir.parent().unwrap().display().to_string();
-    let out = iap_ssh(
+    let out = run_iap_ssh(
         dir.path(),
         &["--print-ssh-config"],
         Some(&format!("/nonexistent:{bin_dir}")),
@@ -176,7 +176,7 @@ fn conflicting_modes_are_refused() {
             "--no-check goes with --listen",
         ),
     ] {
-        let out = iap_ssh(dir.path(), &args, None);
+        let out = run_iap_ssh(dir.path(), &args, None);
         assert_eq!(out.status.code(), Some(2), "{args:?}: {}", describe(&out));
         assert!(stderr(&out).contains(word), "{args:?}: {}", stderr(&out));
     }
@@ -219,8 +219,7 @@ fn the_configuration_file_fills_in_what_flags_and_environment_do_not() {
     )
     .unwrap();
     let run = |extra_env: &[(&str, &str)], args: &[&str]| {
-        let mut cmd = Command::new(iap_ssh_bin());
-        hermetic_env(&mut cmd, dir.path());
+        let mut cmd = iap_ssh(dir.path()).command();
         cmd.env("IAP_SSH_CONFIG", &config);
         for (k, v) in extra_env {
             cmd.env(k, v);

@@ -314,14 +314,13 @@ fn init_writes_a_folder_that_runs_as_is_and_iap_ssh_tunnels_through_it() {
     // The protocol has no half-close: stdin stays open until the whole echo is back, or the
     // tail of the echo could still be on its way when iap-ssh ends the session at EOF.
     let data: Vec<u8> = (0..(1u32 << 20)).map(|i| (i * 7 + i / 251) as u8).collect();
-    let mut cmd = Command::new(iap_ssh_bin());
-    hermetic_env(&mut cmd, tmp.path());
+    let mut cmd = iap_ssh(tmp.path())
+        .endpoint(&url)
+        .ca_file(&dir.join("ca.pem"))
+        .token_file(&dir.join("token"))
+        .command();
     let stderr_path = tmp.path().join("iap-ssh.stderr");
-    cmd.args(["--endpoint", &url, "--ca-file"])
-        .arg(dir.join("ca.pem"))
-        .arg("--access-token-file")
-        .arg(dir.join("token"))
-        .arg("vm-1.zone-a.my-project")
+    cmd.arg("vm-1.zone-a.my-project")
         .arg(port.to_string())
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
@@ -450,18 +449,14 @@ fn a_ca_certificate_as_the_relays_own_is_refused_with_what_to_do() {
         }
     });
     let token = write_token_file(tmp.path(), "any-token");
-    let mut cmd = Command::new(iap_ssh_bin());
-    hermetic_env(&mut cmd, tmp.path());
-    cmd.args([
-        "--endpoint",
-        &format!("wss://127.0.0.1:{port}"),
-        "--ca-file",
-    ])
-    .arg(&cert)
-    .arg("--access-token-file")
-    .arg(&token)
-    .args(["vm-1.zone-a.my-project", "22"]);
-    let out = run_with_timeout(&mut cmd, QUICK);
+    let out = run_with_timeout(
+        iap_ssh(tmp.path())
+            .endpoint(&format!("wss://127.0.0.1:{port}"))
+            .ca_file(&cert)
+            .token_file(&token)
+            .args(["vm-1.zone-a.my-project", "22"]),
+        QUICK,
+    );
     assert!(!out.status.success(), "{}", describe(&out));
     let err = stderr(&out);
     assert_eq!(err.lines().count(), 1, "{err}");
