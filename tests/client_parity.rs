@@ -13,7 +13,6 @@ mod common;
 
 use std::fs;
 use std::io::{Read, Write};
-use std::net::{SocketAddr, TcpStream};
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
@@ -416,71 +415,12 @@ fn ten_concurrent_first_uses_leave_a_valid_cache() {
 // HTTP proxy (tinyproxy)
 // ---------------------------------------------------------------------------------------------
 
-/// A tinyproxy on 127.0.0.1 with a temporary configuration; killed on drop.
-struct Tinyproxy {
-    port: u16,
-    log: PathBuf,
-    _child: ChildGuard,
-    _dir: tempfile::TempDir,
-}
-
-fn spawn_tinyproxy(extra: &str) -> Tinyproxy {
-    let bin = common::tool_path("tinyproxy").expect("tinyproxy installed");
-    let dir = tempfile::tempdir().unwrap();
-    let log = dir.path().join("tinyproxy.log");
-    for _ in 0..5 {
-        let port = common::free_port();
-        let config = dir.path().join("tinyproxy.conf");
-        fs::write(
-            &config,
-            format!(
-                "Port {port}\nListen 127.0.0.1\nTimeout 30\nMaxClients 50\nLogLevel Connect\n\
-                 LogFile \"{}\"\nPidFile \"{}\"\nAllow 127.0.0.1\n{extra}\n",
-                log.display(),
-                dir.path().join("tinyproxy.pid").display()
-            ),
-        )
-        .unwrap();
-        let stderr = fs::File::create(dir.path().join("stderr")).unwrap();
-        let mut child = ChildGuard::new(
-            Command::new(&bin)
-                .arg("-d")
-                .arg("-c")
-                .arg(&config)
-                .stdin(Stdio::null())
-                .stdout(Stdio::null())
-                .stderr(stderr)
-                .spawn()
-                .expect("spawning tinyproxy"),
-        );
-        let deadline = Instant::now() + common::READY_TIMEOUT;
-        while Instant::now() < deadline && child.try_wait().is_none() {
-            let addr = SocketAddr::from(([127, 0, 0, 1], port));
-            if TcpStream::connect_timeout(&addr, Duration::from_millis(200)).is_ok() {
-                return Tinyproxy {
-                    port,
-                    log,
-                    _child: child,
-                    _dir: dir,
-                };
-            }
-            thread::sleep(Duration::from_millis(20));
-        }
-        // The port was taken between free_port() and tinyproxy's bind, or it failed: retry.
-    }
-    panic!(
-        "tinyproxy did not start\n{}\n{}",
-        read_log(&log),
-        read_log(&dir.path().join("stderr"))
-    );
-}
-
 #[test]
 fn proxy_carries_check_and_stdio_tunnels() {
     if !require_tool("tinyproxy") {
         return;
     }
-    let proxy = spawn_tinyproxy("");
+    let proxy = spawn_tinyproxy("Connect", "");
     let backend = echo_backend();
     let relay = spawn_relay(&RelaySpec::standard(PRINCIPAL, TOKEN));
     let state = tempfile::tempdir().unwrap();
@@ -585,7 +525,7 @@ fn proxy_refusals_and_credentials() {
             .arg(backend.to_string()))
     };
 
-    let authed = spawn_tinyproxy("BasicAuth proxyuser s3cret-pass");
+    let authed = spawn_tinyproxy("Connect", "BasicAuth proxyuser s3cret-pass");
     let base = format!("127.0.0.1:{}", authed.port);
     let r = check(&format!("http://{base}"));
     assert_eq!(r.code, 1, "{}", r.stderr);
@@ -612,7 +552,7 @@ fn proxy_refusals_and_credentials() {
     assert!(!r.stderr.contains("s3cret") && !r.stdout.contains("s3cret"));
 
     // A proxy that allows CONNECT only to port 443 refuses the relay's port with 403.
-    let strict = spawn_tinyproxy("ConnectPort 443");
+    let strict = spawn_tinyproxy("Connect", "ConnectPort 443");
     let r = check(&format!("http://127.0.0.1:{}", strict.port));
     assert_eq!(r.code, 1, "{}", r.stderr);
     assert!(

@@ -784,57 +784,6 @@ fn close_4004_at_connect_drops_the_token_from_the_library_too() {
 // Token traffic through the tunnel's proxy
 // ---------------------------------------------------------------------------------------------
 
-struct Tinyproxy {
-    url: String,
-    log: PathBuf,
-    _child: ChildGuard,
-    _dir: tempfile::TempDir,
-}
-
-fn spawn_tinyproxy() -> Tinyproxy {
-    let bin = tool_path("tinyproxy").expect("tinyproxy installed");
-    let dir = tempfile::tempdir().unwrap();
-    let log = dir.path().join("tinyproxy.log");
-    for _ in 0..5 {
-        let port = common::free_port();
-        let config = dir.path().join("tinyproxy.conf");
-        fs::write(
-            &config,
-            format!(
-                "Port {port}\nListen 127.0.0.1\nTimeout 30\nMaxClients 50\nLogLevel Info\n\
-                 LogFile \"{}\"\nPidFile \"{}\"\nAllow 127.0.0.1\n",
-                log.display(),
-                dir.path().join("tinyproxy.pid").display()
-            ),
-        )
-        .unwrap();
-        let mut child = ChildGuard::new(
-            Command::new(&bin)
-                .arg("-d")
-                .arg("-c")
-                .arg(&config)
-                .stdin(std::process::Stdio::null())
-                .stdout(std::process::Stdio::null())
-                .stderr(std::process::Stdio::null())
-                .spawn()
-                .expect("spawning tinyproxy"),
-        );
-        let deadline = Instant::now() + common::READY_TIMEOUT;
-        while Instant::now() < deadline && child.try_wait().is_none() {
-            if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
-                return Tinyproxy {
-                    url: format!("http://127.0.0.1:{port}"),
-                    log,
-                    _child: child,
-                    _dir: dir,
-                };
-            }
-            thread::sleep(Duration::from_millis(20));
-        }
-    }
-    panic!("tinyproxy did not start: {}", read_log(&log));
-}
-
 /// How a proxy row names the proxy: a flag, a variable, or gcloud's configuration.
 type SetProxy<'a> = Box<dyn Fn(&mut Command, &Path) + 'a>;
 
@@ -844,7 +793,7 @@ fn token_traffic_goes_through_the_tunnels_proxy() {
         return;
     }
     let backend = echo_backend();
-    let proxy = spawn_tinyproxy();
+    let proxy = spawn_tinyproxy("Info", "");
     let proxy_port = proxy.url.rsplit(':').next().unwrap().to_owned();
     let ways: [(&str, SetProxy); 3] = [
         (

@@ -11,6 +11,7 @@
 //! - [`sshd`]: a real OpenSSH `sshd` on loopback and ssh command lines for it.
 //! - [`oauth`]: a local OAuth token endpoint and service-account keys.
 //! - [`backends`]: echo servers for the relay to dial.
+//! - [`proxy`]: a real HTTP proxy (tinyproxy).
 //!
 //! Every child process is owned by a guard that kills it (by pid) on drop, every wait has a
 //! deadline, and nothing binds anything but 127.0.0.1. Test files include this with
@@ -23,6 +24,7 @@ pub mod files;
 pub mod oauth;
 pub mod pki;
 pub mod process;
+pub mod proxy;
 pub mod relay;
 pub mod relay_spec;
 pub mod sshd;
@@ -33,6 +35,7 @@ pub use files::*;
 pub use oauth::*;
 pub use pki::*;
 pub use process::*;
+pub use proxy::*;
 pub use relay::*;
 pub use relay_spec::*;
 pub use sshd::*;
