@@ -26,10 +26,6 @@ fn run_iap_ssh(dir: &Path, args: &[&str], path_env: Option<&str>) -> Output {
     run_with_timeout(&mut cmd, Duration::from_secs(30))
 }
 
-fn stderr(out: &Output) -> String {
-    String::from_utf8_lossy(&out.stderr).into_owned()
-}
-
 #[test]
 fn help_comes_in_sections_with_examples() {
     let dir = tempfile::tempdir().unwrap();
@@ -67,7 +63,7 @@ fn host_parsing_is_strict_and_shows_the_forms() {
     let dir = tempfile::tempdir().unwrap();
     let out = run_iap_ssh(dir.path(), &["vm-1.zone-a.proj.extra", "22"], None);
     assert_eq!(out.status.code(), Some(2), "{}", describe(&out));
-    let err = stderr(&out);
+    let err = stderr_of(&out);
     assert!(
         err.contains("does not match INSTANCE[.ZONE[.PROJECT]]")
             && err.contains("\"proj.extra\" is not a project id"),
@@ -82,9 +78,9 @@ fn host_parsing_is_strict_and_shows_the_forms() {
     );
     assert_eq!(out.status.code(), Some(2), "{}", describe(&out));
     assert!(
-        stderr(&out).contains("pass --host-suffix .iap"),
+        stderr_of(&out).contains("pass --host-suffix .iap"),
         "{}",
-        stderr(&out)
+        stderr_of(&out)
     );
 }
 
@@ -140,7 +136,11 @@ fn print_ssh_config_keeps_every_flag_and_refuses_what_it_would_drop() {
     ] {
         let out = run_iap_ssh(dir.path(), &args, None);
         assert_eq!(out.status.code(), Some(2), "{args:?}: {}", describe(&out));
-        assert!(stderr(&out).contains(word), "{args:?}: {}", stderr(&out));
+        assert!(
+            stderr_of(&out).contains(word),
+            "{args:?}: {}",
+            stderr_of(&out)
+        );
         assert!(out.stdout.is_empty(), "{args:?} printed a block anyway");
     }
 }
@@ -178,7 +178,11 @@ fn conflicting_modes_are_refused() {
     ] {
         let out = run_iap_ssh(dir.path(), &args, None);
         assert_eq!(out.status.code(), Some(2), "{args:?}: {}", describe(&out));
-        assert!(stderr(&out).contains(word), "{args:?}: {}", stderr(&out));
+        assert!(
+            stderr_of(&out).contains(word),
+            "{args:?}: {}",
+            stderr_of(&out)
+        );
     }
 }
 
@@ -285,7 +289,7 @@ fn the_configuration_file_fills_in_what_flags_and_environment_do_not() {
     std::fs::write(&config, "endpont = \"wss://x\"\n").unwrap();
     let out = run(&[], &[&host, &port]);
     assert_eq!(out.status.code(), Some(2), "{}", describe(&out));
-    let err = stderr(&out);
+    let err = stderr_of(&out);
     assert!(
         err.contains("unknown field `endpont`") && err.contains(&config.display().to_string()),
         "{err}"

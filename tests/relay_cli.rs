@@ -32,10 +32,6 @@ fn run(state: &Path, args: &[&str]) -> Output {
     run_with_timeout(relay_cmd(state).args(args), QUICK)
 }
 
-fn stderr(out: &Output) -> String {
-    String::from_utf8_lossy(&out.stderr).into_owned()
-}
-
 fn stdout(out: &Output) -> String {
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
@@ -85,7 +81,7 @@ fn version_help_and_usage_errors() {
     ] {
         let out = run(s, args);
         assert_eq!(out.status.code(), Some(2), "{args:?}: {}", describe(&out));
-        let err = stderr(&out);
+        let err = stderr_of(&out);
         assert_eq!(err.lines().count(), 1, "{args:?}: {err}");
         assert!(
             err.starts_with("iap-relay: ") && err.contains(says),
@@ -105,7 +101,7 @@ fn version_help_and_usage_errors() {
     );
     assert_eq!(out.status.code(), Some(1), "{}", describe(&out));
     assert!(
-        stderr(&out).contains("cannot be read"),
+        stderr_of(&out).contains("cannot be read"),
         "{}",
         describe(&out)
     );
@@ -144,7 +140,7 @@ resource = "folders/p"
     .unwrap();
     let out = run(d, &["--config", config.to_str().unwrap(), "--check-config"]);
     assert_eq!(out.status.code(), Some(1), "{}", describe(&out));
-    let err = stderr(&out);
+    let err = stderr_of(&out);
     let prefix = format!("iap-relay: relay config {}: ", config.display());
     assert!(err.lines().all(|l| l.starts_with(&prefix)), "{err}");
     for says in [
@@ -168,7 +164,7 @@ resource = "folders/p"
         ],
     );
     assert!(
-        stderr(&out).contains("https://idp.example"),
+        stderr_of(&out).contains("https://idp.example"),
         "{}",
         describe(&out)
     );
@@ -205,7 +201,7 @@ fn plaintext_beyond_loopback_without_trusted_proxies_is_warned() {
         fs::write(&config, format!("listen = \"{listen}\"\n{extra}")).unwrap();
         let out = run(d, &["--config", config.to_str().unwrap(), "--check-config"]);
         assert!(out.status.success(), "{}", describe(&out));
-        stderr(&out)
+        stderr_of(&out)
     };
     let warned = check("0.0.0.0:8080", "");
     assert_eq!(warned.lines().count(), 1, "{warned}");
@@ -282,7 +278,7 @@ fn init_writes_a_folder_that_runs_as_is_and_iap_ssh_tunnels_through_it() {
     let again = run(tmp.path(), &["init", dir.to_str().unwrap()]);
     assert_eq!(again.status.code(), Some(1), "{}", describe(&again));
     assert!(
-        stderr(&again).contains("already exist"),
+        stderr_of(&again).contains("already exist"),
         "{}",
         describe(&again)
     );
@@ -406,7 +402,7 @@ fn a_ca_certificate_as_the_relays_own_is_refused_with_what_to_do() {
         args.extend_from_slice(extra);
         let out = run(tmp.path(), &args);
         assert_eq!(out.status.code(), Some(1), "{}", describe(&out));
-        let err = stderr(&out);
+        let err = stderr_of(&out);
         assert_eq!(err.lines().count(), 1, "{err}");
         assert!(
             err.contains("CaUsedAsEndEntity")
@@ -458,7 +454,7 @@ fn a_ca_certificate_as_the_relays_own_is_refused_with_what_to_do() {
         QUICK,
     );
     assert!(!out.status.success(), "{}", describe(&out));
-    let err = stderr(&out);
+    let err = stderr_of(&out);
     assert_eq!(err.lines().count(), 1, "{err}");
     assert!(
         err.starts_with("iap-ssh: ")

@@ -102,10 +102,6 @@ impl Setup {
     }
 }
 
-fn stderr_of(out: &Output) -> String {
-    String::from_utf8_lossy(&out.stderr).into_owned()
-}
-
 /// The harness itself: plain ssh straight to the test sshd, no tunnel. When this fails, the
 /// problem is the machine (sshd, keys), not iap-ssh.
 #[test]

@@ -211,6 +211,11 @@ pub fn describe(out: &Output) -> String {
     )
 }
 
+/// A finished command's stderr as text.
+pub fn stderr_of(out: &Output) -> String {
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}
+
 /// Reads a log file for an assertion message (empty string if unreadable).
 pub fn read_log(path: &Path) -> String {
     fs::read_to_string(path).unwrap_or_default()
