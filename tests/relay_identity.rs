@@ -39,9 +39,9 @@ fn query() -> String {
     )
 }
 
-/// A plain `ws://` relay with an audit log, the test instance granted to `members`, and the
-/// identity sources and limits of `spec`.
-fn relay_with(spec: RelaySpec, members: &[&str]) -> (Relay, PathBuf, tempfile::TempDir) {
+/// A plain `ws://` relay served in this process with an audit log, the test instance granted
+/// to `members`, and the identity sources and limits of `spec`.
+fn relay_with(spec: RelaySpec, members: &[&str]) -> (RelayGuard, PathBuf, tempfile::TempDir) {
     let dir = tempfile::tempdir().unwrap();
     let audit = dir.path().join("audit.jsonl");
     let spec = RelaySpec {
@@ -50,7 +50,7 @@ fn relay_with(spec: RelaySpec, members: &[&str]) -> (Relay, PathBuf, tempfile::T
         audit_log: Some(audit.clone()),
         ..spec.plaintext()
     };
-    (spawn_relay(&spec), audit, dir)
+    (spawn_relay_in_process(&spec), audit, dir)
 }
 
 /// A spec with only `jwt`.
