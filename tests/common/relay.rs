@@ -293,7 +293,12 @@ async fn start_relay_library(
 fn log_to_file(path: &Path) -> tracing::Dispatch {
     use tracing_subscriber::field::MakeExt;
     use tracing_subscriber::fmt::format::{Writer, debug_fn};
-    let file = File::create(path).expect("creating the in-process relay's log");
+    // Append mode: panics are appended to the same file by another handle.
+    let file = File::options()
+        .create(true)
+        .append(true)
+        .open(path)
+        .expect("creating the in-process relay's log");
     let fields = debug_fn(
         |w: &mut Writer<'_>, field: &tracing::field::Field, value: &dyn std::fmt::Debug| {
             match field.name() {
