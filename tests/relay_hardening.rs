@@ -130,11 +130,6 @@ async fn close_code(ws: &mut Ws, limit: Duration) -> Option<u16> {
     }
 }
 
-/// A TOML offset date-time (UTC) `secs` from now.
-fn toml_time_in(secs: u64) -> String {
-    iap_ssh::relay::audit::rfc3339(SystemTime::now() + Duration::from_secs(secs))
-}
-
 /// A client that sends WebSocket pings and never reads: every ping makes the relay queue a
 /// pong it cannot send. The relay's memory stays bounded and it keeps serving others.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -412,7 +407,8 @@ async fn a_binding_that_expires_ends_its_sessions() {
     let relay = relay(|s| {
         s.audit_log = Some(audit.clone());
         s.bindings = vec![
-            Binding::new(&[PRINCIPAL], &format!("projects/{PROJECT}")).expires(&toml_time_in(3)),
+            Binding::new(&[PRINCIPAL], &format!("projects/{PROJECT}"))
+                .expires_at(SystemTime::now() + Duration::from_secs(3)),
         ];
     });
     let echo_port = echo_backend();

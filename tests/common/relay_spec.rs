@@ -279,6 +279,16 @@ impl Binding {
         self
     }
 
+    /// Ends at `when` (written in UTC, to the millisecond).
+    pub fn expires_at(self, when: std::time::SystemTime) -> Self {
+        let millis = when
+            .duration_since(std::time::UNIX_EPOCH)
+            .expect("a time after 1970")
+            .as_millis();
+        let at = jiff::Timestamp::from_millisecond(millis as i64).expect("a representable time");
+        self.expires(&at.to_string())
+    }
+
     /// Only for clients that presented a verified certificate.
     pub fn require_client_cert(mut self) -> Self {
         self.require_client_cert = true;
