@@ -171,15 +171,12 @@ resource = "folders/p"
 
     // A good configuration: valid, and its audit log is not created by the check.
     let pki = test_pki();
-    fs::write(
-        &config,
-        format!(
-            "listen = \"127.0.0.1:0\"\naudit_log = \"audit.jsonl\"\n[tls]\ncert = {:?}\nkey = {:?}\n",
-            pki.cert_pem.display().to_string(),
-            pki.key_pem.display().to_string()
-        ),
-    )
-    .unwrap();
+    let good = RelaySpec::default().audit_log("audit.jsonl");
+    let (cert, key) = (
+        pki.cert_pem.to_str().unwrap(),
+        pki.key_pem.to_str().unwrap(),
+    );
+    fs::write(&config, good.to_toml(Some((cert, key)))).unwrap();
     let out = run(d, &["--config", config.to_str().unwrap(), "--check-config"]);
     assert!(out.status.success(), "{}", describe(&out));
     assert_eq!(
@@ -197,23 +194,25 @@ fn plaintext_beyond_loopback_without_trusted_proxies_is_warned() {
     let dir = tempfile::tempdir().unwrap();
     let d = dir.path();
     let config = d.join("relay.toml");
-    let check = |listen: &str, extra: &str| {
-        fs::write(&config, format!("listen = \"{listen}\"\n{extra}")).unwrap();
+    let check = |listen: &str, trusted_proxies: &[&str]| {
+        let spec = RelaySpec {
+            listen: listen.parse().unwrap(),
+            trusted_proxies: trusted_proxies.iter().map(|p| (*p).to_owned()).collect(),
+            ..RelaySpec::default()
+        };
+        fs::write(&config, spec.to_toml(None)).unwrap();
         let out = run(d, &["--config", config.to_str().unwrap(), "--check-config"]);
         assert!(out.status.success(), "{}", describe(&out));
         stderr_of(&out)
     };
-    let warned = check("0.0.0.0:8080", "");
+    let warned = check("0.0.0.0:8080", &[]);
     assert_eq!(warned.lines().count(), 1, "{warned}");
     assert!(
         warned.contains("warning: serving plaintext ws:// on 0.0.0.0:8080"),
         "{warned}"
     );
-    assert_eq!(check("127.0.0.1:8080", ""), "");
-    assert_eq!(
-        check("0.0.0.0:8080", "trusted_proxies = [\"10.0.0.0/8\"]\n"),
-        ""
-    );
+    assert_eq!(check("127.0.0.1:8080", &[]), "");
+    assert_eq!(check("0.0.0.0:8080", &["10.0.0.0/8"]), "");
 }
 
 /// Starts `iap-relay --config CONFIG`; returns it and its `wss://` URL.

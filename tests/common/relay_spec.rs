@@ -12,6 +12,8 @@ use super::{INSTANCE, PROJECT, TUNNEL_ROLE, ZONE};
 /// What a test relay knows: listen options, identities, inventory, policy and limits.
 #[derive(Debug, Clone)]
 pub struct RelaySpec {
+    /// `listen` (127.0.0.1:0; the in-process relay always binds 127.0.0.1:0 itself).
+    pub listen: SocketAddr,
     /// Serve `wss://` with a fresh test PKI (default) or plain `ws://`.
     pub tls: bool,
     /// `[tls] client_ca` (a path) and `client_auth` (`"required"` / `"optional"`).
@@ -50,6 +52,7 @@ pub struct RelaySpec {
 impl Default for RelaySpec {
     fn default() -> Self {
         Self {
+            listen: SocketAddr::from(([127, 0, 0, 1], 0)),
             tls: true,
             client_ca: None,
             admin_listen: None,
@@ -345,7 +348,10 @@ impl RelaySpec {
 
     /// Renders relay.toml; `tls` gives the cert and key paths (relative to the config's folder).
     pub fn to_toml(&self, tls: Option<(&str, &str)>) -> String {
-        let mut t = String::from("# written by the test harness\nlisten = \"127.0.0.1:0\"\n");
+        let mut t = format!(
+            "# written by the test harness\nlisten = {}\n",
+            q(&self.listen.to_string())
+        );
         if let Some(addr) = self.admin_listen {
             let _ = writeln!(t, "admin_listen = {}", q(&addr.to_string()));
         }
