@@ -1,7 +1,8 @@
-//! A hostile client against the real `iap-relay` (plain `ws://` on loopback): protocol
-//! violations get their close codes, oversized and endless input is cut off, thousands of idle
-//! connections are dropped in bounded time, and through all of it the relay keeps serving an
-//! honest client with bounded memory (RSS read from /proc).
+//! A hostile client against the relay (plain `ws://` on loopback): protocol violations get
+//! their close codes, oversized and endless input is cut off, thousands of idle connections
+//! are dropped in bounded time, and through all of it the relay keeps serving an honest client
+//! with bounded memory. The relay runs in this process, except where its RSS is read from
+//! /proc: there it is the `iap-relay` binary.
 #![allow(
     clippy::unwrap_used,
     clippy::expect_used,

@@ -1,5 +1,5 @@
-//! Identity checks of iap-relay against a hostile user, through real sockets and the real
-//! binary: token-info tokens issued to other OAuth apps or without the scope, lookup
+//! Identity checks of iap-relay against a hostile user, through real sockets (the relay served
+//! in this process; `--check-config` runs the binary): token-info tokens issued to other OAuth apps or without the scope, lookup
 //! amplification with random tokens, unverified JWT emails, one issuer asserting another's
 //! users, fractional `exp`, and a slow JWKS URL that must not hold up logins with known keys.
 #![allow(

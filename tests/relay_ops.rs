@@ -1,6 +1,7 @@
 //! Running iap-relay in production: the admin endpoint (health and Prometheus metrics), a
 //! SIGTERM drain with a live tunnel, and plain `ws://` behind a TLS-terminating proxy where
-//! `X-Forwarded-For` is believed only from configured proxy addresses.
+//! `X-Forwarded-For` is believed only from configured proxy addresses. Signals go to the
+//! `iap-relay` binary; the other tests serve the relay in this process.
 #![allow(
     clippy::unwrap_used,
     clippy::expect_used,

@@ -1,7 +1,7 @@
 //! iap-relay as a front door: the security matrix (every way a credential or a request can be
 //! wrong, each refused with the right status or close code and an audit line), reload with
 //! revocation under a live session, limits, 1,000 concurrent tunnels, and no token anywhere
-//! in logs.
+//! in logs. The relay runs in this process, except for reload, which signals the binary.
 #![allow(
     clippy::unwrap_used,
     clippy::expect_used,
