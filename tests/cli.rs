@@ -11,14 +11,14 @@
 mod common;
 
 use std::path::Path;
-use std::process::{Command, Output};
+use std::process::Output;
 use std::time::Duration;
 
 use common::*;
 
-fn iap_ssh(dir: &Path, args: &[&str], path_env: Option<&str>) -> Output {
-    let mut cmd = Command::new(iap_ssh_bin());
-    hermetic_env(&mut cmd, dir);
+/// Runs iap-ssh with `args` in `dir` (its state folder too), `PATH` as given.
+fn run_iap_ssh(dir: &Path, args: &[&str], path_env: Option<&str>) -> Output {
+    let mut cmd = iap_ssh(dir).command();
     if let Some(p) = path_env {
         cmd.env("PATH", p);
     }
@@ -26,14 +26,10 @@ fn iap_ssh(dir: &Path, args: &[&str], path_env: Option<&str>) -> Output {
     run_with_timeout(&mut cmd, Duration::from_secs(30))
 }
 
-fn stderr(out: &Output) -> String {
-    String::from_utf8_lossy(&out.stderr).into_owned()
-}
-
 #[test]
 fn help_comes_in_sections_with_examples() {
     let dir = tempfile::tempdir().unwrap();
-    let out = iap_ssh(dir.path(), &["--help"], None);
+    let out = run_iap_ssh(dir.path(), &["--help"], None);
     assert!(out.status.success(), "{}", describe(&out));
     let text = String::from_utf8_lossy(&out.stdout);
     for section in ["Options:", "Examples:", "Notes:", "Error codes:"] {
@@ -57,7 +53,7 @@ fn help_comes_in_sections_with_examples() {
         .split_whitespace()
         .skip(1)
         .collect();
-    let out = iap_ssh(dir.path(), &words, None);
+    let out = run_iap_ssh(dir.path(), &words, None);
     assert!(out.status.success(), "{example}: {}", describe(&out));
     assert!(String::from_utf8_lossy(&out.stdout).contains("Host *.iap"));
 }
@@ -65,9 +61,9 @@ fn help_comes_in_sections_with_examples() {
 #[test]
 fn host_parsing_is_strict_and_shows_the_forms() {
     let dir = tempfile::tempdir().unwrap();
-    let out = iap_ssh(dir.path(), &["vm-1.zone-a.proj.extra", "22"], None);
+    let out = run_iap_ssh(dir.path(), &["vm-1.zone-a.proj.extra", "22"], None);
     assert_eq!(out.status.code(), Some(2), "{}", describe(&out));
-    let err = stderr(&out);
+    let err = stderr_of(&out);
     assert!(
         err.contains("does not match INSTANCE[.ZONE[.PROJECT]]")
             && err.contains("\"proj.extra\" is not a project id"),
@@ -75,16 +71,16 @@ fn host_parsing_is_strict_and_shows_the_forms() {
     );
     assert_eq!(err.lines().count(), 1, "one line: {err}");
     // A name with another suffix than --host-suffix says which suffix to pass.
-    let out = iap_ssh(
+    let out = run_iap_ssh(
         dir.path(),
         &["--host-suffix", ".gcp", "vm-1.zone-a.proj.iap", "22"],
         None,
     );
     assert_eq!(out.status.code(), Some(2), "{}", describe(&out));
     assert!(
-        stderr(&out).contains("pass --host-suffix .iap"),
+        stderr_of(&out).contains("pass --host-suffix .iap"),
         "{}",
-        stderr(&out)
+        stderr_of(&out)
     );
 }
 
@@ -92,7 +88,7 @@ fn host_parsing_is_strict_and_shows_the_forms() {
 fn print_ssh_config_keeps_every_flag_and_refuses_what_it_would_drop() {
     let dir = tempfile::tempdir().unwrap();
     std::fs::write(dir.path().join("ca.pem"), "").unwrap();
-    let out = iap_ssh(
+    let out = run_iap_ssh(
         dir.path(),
         &[
             "--print-ssh-config",
@@ -138,9 +134,13 @@ fn print_ssh_config_keeps_every_flag_and_refuses_what_it_would_drop() {
             "--listen",
         ),
     ] {
-        let out = iap_ssh(dir.path(), &args, None);
+        let out = run_iap_ssh(dir.path(), &args, None);
         assert_eq!(out.status.code(), Some(2), "{args:?}: {}", describe(&out));
-        assert!(stderr(&out).contains(word), "{args:?}: {}", stderr(&out));
+        assert!(
+            stderr_of(&out).contains(word),
+            "{args:?}: {}",
+            stderr_of(&out)
+        );
         assert!(out.stdout.is_empty(), "{args:?} printed a block anyway");
     }
 }
@@ -150,7 +150,7 @@ fn print_ssh_config_names_the_binary_as_path_finds_it() {
     let dir = tempfile::tempdir().unwrap();
     let bin_dir = iap_ssh_bin().canonicalize().unwrap();
     let bin_dir = bin_dir.parent().unwrap().display().to_string();
-    let out = iap_ssh(
+    let out = run_iap_ssh(
         dir.path(),
         &["--print-ssh-config"],
         Some(&format!("/nonexistent:{bin_dir}")),
@@ -176,9 +176,13 @@ fn conflicting_modes_are_refused() {
             "--no-check goes with --listen",
         ),
     ] {
-        let out = iap_ssh(dir.path(), &args, None);
+        let out = run_iap_ssh(dir.path(), &args, None);
         assert_eq!(out.status.code(), Some(2), "{args:?}: {}", describe(&out));
-        assert!(stderr(&out).contains(word), "{args:?}: {}", stderr(&out));
+        assert!(
+            stderr_of(&out).contains(word),
+            "{args:?}: {}",
+            stderr_of(&out)
+        );
     }
 }
 
@@ -219,8 +223,7 @@ fn the_configuration_file_fills_in_what_flags_and_environment_do_not() {
     )
     .unwrap();
     let run = |extra_env: &[(&str, &str)], args: &[&str]| {
-        let mut cmd = Command::new(iap_ssh_bin());
-        hermetic_env(&mut cmd, dir.path());
+        let mut cmd = iap_ssh(dir.path()).command();
         cmd.env("IAP_SSH_CONFIG", &config);
         for (k, v) in extra_env {
             cmd.env(k, v);
@@ -286,7 +289,7 @@ fn the_configuration_file_fills_in_what_flags_and_environment_do_not() {
     std::fs::write(&config, "endpont = \"wss://x\"\n").unwrap();
     let out = run(&[], &[&host, &port]);
     assert_eq!(out.status.code(), Some(2), "{}", describe(&out));
-    let err = stderr(&out);
+    let err = stderr_of(&out);
     assert!(
         err.contains("unknown field `endpont`") && err.contains(&config.display().to_string()),
         "{err}"

@@ -12,8 +12,7 @@
 mod common;
 
 use std::fs;
-use std::io::{BufRead, BufReader, Read, Write};
-use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
+use std::io::{Read, Write};
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
@@ -21,45 +20,12 @@ use std::sync::mpsc;
 use std::thread;
 use std::time::{Duration, Instant};
 
-use common::{
-    ChildGuard, INSTANCE, PROJECT, Relay, RelaySpec, ZONE, hermetic_env, iap_relay_bin,
-    iap_ssh_bin, read_log, require_tool, run_with_timeout, spawn_relay, write_token_file,
-};
+use common::*;
 
 const PRINCIPAL: &str = "user:parity@example.com";
 const TOKEN: &str = "parity-test-token-0123456789";
 /// Bound on one iap-ssh run.
 const WAIT: Duration = Duration::from_secs(60);
-
-/// Echoes every accepted connection until the peer half-closes; runs until the test ends.
-fn echo_backend() -> u16 {
-    let listener = TcpListener::bind("127.0.0.1:0").expect("binding echo backend");
-    let port = listener.local_addr().expect("echo address").port();
-    thread::spawn(move || {
-        for conn in listener.incoming() {
-            let Ok(mut conn) = conn else { continue };
-            thread::spawn(move || {
-                let Ok(mut reader) = conn.try_clone() else {
-                    return;
-                };
-                let _ = std::io::copy(&mut reader, &mut conn);
-                let _ = conn.shutdown(Shutdown::Write);
-            });
-        }
-    });
-    port
-}
-
-/// `iap-ssh` with a hermetic environment rooted at `state`, pointed at `relay`.
-fn iap_ssh(relay: &Relay, state: &Path) -> Command {
-    let mut cmd = Command::new(iap_ssh_bin());
-    hermetic_env(&mut cmd, state);
-    cmd.args(["--endpoint", &relay.url]);
-    if relay.pki.is_some() {
-        cmd.arg("--ca-file").arg(relay.ca_pem());
-    }
-    cmd
-}
 
 struct Run {
     code: i32,
@@ -76,10 +42,6 @@ fn run(cmd: &mut Command) -> Run {
     }
 }
 
-fn host() -> String {
-    format!("{INSTANCE}.{ZONE}.{PROJECT}")
-}
-
 // ---------------------------------------------------------------------------------------------
 // --check
 // ---------------------------------------------------------------------------------------------
@@ -89,16 +51,17 @@ fn check_reports_the_tunnel_and_exits_with_the_failure_status() {
     let backend = echo_backend();
     let mut spec = RelaySpec::standard(PRINCIPAL, TOKEN);
     spec.bindings
-        .push((vec![PRINCIPAL.into()], "projects/other-proj".into(), None));
+        .push(Binding::new(&[PRINCIPAL], "projects/other-proj"));
     let relay = spawn_relay(&spec);
     let state = tempfile::tempdir().unwrap();
     let token = write_token_file(state.path(), TOKEN);
 
-    let ok = run(iap_ssh(&relay, state.path())
+    let ok = run(iap_ssh(state.path())
+        .relay(&relay)
         .arg("--check")
         .arg("--access-token-file")
         .arg(&token)
-        .arg(host())
+        .arg(dotted_host())
         .arg(backend.to_string()));
     assert_eq!(ok.code, 0, "{}", ok.stderr);
     assert!(
@@ -124,10 +87,11 @@ fn check_reports_the_tunnel_and_exits_with_the_failure_status() {
     let cases = [
         (format!("{INSTANCE}.{ZONE}.denied"), backend, 4, "(4033)"),
         (format!("vm-2.{ZONE}.other-proj"), backend, 5, "4047"),
-        (host(), closed, 6, "4003"),
+        (dotted_host(), closed, 6, "4003"),
     ];
     for (host, port, code, part) in cases {
-        let r = run(iap_ssh(&relay, state.path())
+        let r = run(iap_ssh(state.path())
+            .relay(&relay)
             .arg("--check")
             .arg("--access-token-file")
             .arg(&token)
@@ -249,7 +213,7 @@ fn project_and_zone_precedence_with_a_fake_gcloud_configuration() {
     for (i, case) in cases.iter().enumerate() {
         let state = tempfile::tempdir().unwrap();
         let token = write_token_file(state.path(), TOKEN);
-        let mut cmd = iap_ssh(&relay, state.path());
+        let mut cmd = iap_ssh(state.path()).relay(&relay).command();
         // hermetic_env points CLOUDSDK_CONFIG at STATE/gcloud-config.
         let gcloud = state.path().join("gcloud-config");
         fs::create_dir_all(gcloud.join("configurations")).unwrap();
@@ -317,7 +281,7 @@ fn cache_rig() -> Option<CacheRig> {
 
 /// `iap-ssh --check` with the service-account key; the project comes from its `project_id`.
 fn sa_check(rig: &CacheRig, state: &Path) -> Command {
-    let mut cmd = iap_ssh(&rig.relay, state);
+    let mut cmd = iap_ssh(state).relay(&rig.relay).command();
     cmd.env("CLOUDSDK_COMPUTE_ZONE", ZONE)
         .env("IAP_SSH_TOKENINFO_URL", rig.endpoint.tokeninfo_url())
         .arg("--check")
@@ -451,81 +415,23 @@ fn ten_concurrent_first_uses_leave_a_valid_cache() {
 // HTTP proxy (tinyproxy)
 // ---------------------------------------------------------------------------------------------
 
-/// A tinyproxy on 127.0.0.1 with a temporary configuration; killed on drop.
-struct Tinyproxy {
-    port: u16,
-    log: PathBuf,
-    _child: ChildGuard,
-    _dir: tempfile::TempDir,
-}
-
-fn spawn_tinyproxy(extra: &str) -> Tinyproxy {
-    let bin = common::tool_path("tinyproxy").expect("tinyproxy installed");
-    let dir = tempfile::tempdir().unwrap();
-    let log = dir.path().join("tinyproxy.log");
-    for _ in 0..5 {
-        let port = common::free_port();
-        let config = dir.path().join("tinyproxy.conf");
-        fs::write(
-            &config,
-            format!(
-                "Port {port}\nListen 127.0.0.1\nTimeout 30\nMaxClients 50\nLogLevel Connect\n\
-                 LogFile \"{}\"\nPidFile \"{}\"\nAllow 127.0.0.1\n{extra}\n",
-                log.display(),
-                dir.path().join("tinyproxy.pid").display()
-            ),
-        )
-        .unwrap();
-        let stderr = fs::File::create(dir.path().join("stderr")).unwrap();
-        let mut child = ChildGuard::new(
-            Command::new(&bin)
-                .arg("-d")
-                .arg("-c")
-                .arg(&config)
-                .stdin(Stdio::null())
-                .stdout(Stdio::null())
-                .stderr(stderr)
-                .spawn()
-                .expect("spawning tinyproxy"),
-        );
-        let deadline = Instant::now() + common::READY_TIMEOUT;
-        while Instant::now() < deadline && child.try_wait().is_none() {
-            let addr = SocketAddr::from(([127, 0, 0, 1], port));
-            if TcpStream::connect_timeout(&addr, Duration::from_millis(200)).is_ok() {
-                return Tinyproxy {
-                    port,
-                    log,
-                    _child: child,
-                    _dir: dir,
-                };
-            }
-            thread::sleep(Duration::from_millis(20));
-        }
-        // The port was taken between free_port() and tinyproxy's bind, or it failed: retry.
-    }
-    panic!(
-        "tinyproxy did not start\n{}\n{}",
-        read_log(&log),
-        read_log(&dir.path().join("stderr"))
-    );
-}
-
 #[test]
 fn proxy_carries_check_and_stdio_tunnels() {
     if !require_tool("tinyproxy") {
         return;
     }
-    let proxy = spawn_tinyproxy("");
+    let proxy = spawn_tinyproxy("Connect", "");
     let backend = echo_backend();
     let relay = spawn_relay(&RelaySpec::standard(PRINCIPAL, TOKEN));
     let state = tempfile::tempdir().unwrap();
     let token = write_token_file(state.path(), TOKEN);
     let url = format!("http://127.0.0.1:{}", proxy.port);
 
-    let r = run(iap_ssh(&relay, state.path())
+    let r = run(iap_ssh(state.path())
+        .relay(&relay)
         .args(["--check", "--proxy", &url, "--access-token-file"])
         .arg(&token)
-        .arg(host())
+        .arg(dotted_host())
         .arg(backend.to_string()));
     assert_eq!(r.code, 0, "{}", r.stderr);
     let log = read_log(&proxy.log);
@@ -538,11 +444,11 @@ fn proxy_carries_check_and_stdio_tunnels() {
     // protocol has no half-close, so stdin stays open until the whole echo is back.
     let data: Vec<u8> = (0..(1u32 << 20)).map(|i| (i * 7 + i / 251) as u8).collect();
     let stderr_path = state.path().join("stdio.stderr");
-    let mut cmd = iap_ssh(&relay, state.path());
+    let mut cmd = iap_ssh(state.path()).relay(&relay).command();
     cmd.env("HTTPS_PROXY", &url)
         .arg("--access-token-file")
         .arg(&token)
-        .arg(host())
+        .arg(dotted_host())
         .arg(backend.to_string())
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
@@ -575,19 +481,21 @@ fn proxy_carries_check_and_stdio_tunnels() {
 
     // NO_PROXY sends the relay around a dead proxy; without it the dead proxy is an error.
     let dead = format!("http://127.0.0.1:{}", common::free_port());
-    let direct = run(iap_ssh(&relay, state.path())
+    let direct = run(iap_ssh(state.path())
+        .relay(&relay)
         .env("HTTPS_PROXY", &dead)
         .env("NO_PROXY", "localhost,127.0.0.1")
         .args(["--check", "--access-token-file"])
         .arg(&token)
-        .arg(host())
+        .arg(dotted_host())
         .arg(backend.to_string()));
     assert_eq!(direct.code, 0, "{}", direct.stderr);
-    let refused = run(iap_ssh(&relay, state.path())
+    let refused = run(iap_ssh(state.path())
+        .relay(&relay)
         .env("https_proxy", &dead)
         .args(["--check", "--access-token-file"])
         .arg(&token)
-        .arg(host())
+        .arg(dotted_host())
         .arg(backend.to_string()));
     assert_eq!(refused.code, 1, "{}", refused.stderr);
     assert!(
@@ -609,14 +517,15 @@ fn proxy_refusals_and_credentials() {
     let state = tempfile::tempdir().unwrap();
     let token = write_token_file(state.path(), TOKEN);
     let check = |proxy_url: &str| {
-        run(iap_ssh(&relay, state.path())
+        run(iap_ssh(state.path())
+            .relay(&relay)
             .args(["--check", "--proxy", proxy_url, "--access-token-file"])
             .arg(&token)
-            .arg(host())
+            .arg(dotted_host())
             .arg(backend.to_string()))
     };
 
-    let authed = spawn_tinyproxy("BasicAuth proxyuser s3cret-pass");
+    let authed = spawn_tinyproxy("Connect", "BasicAuth proxyuser s3cret-pass");
     let base = format!("127.0.0.1:{}", authed.port);
     let r = check(&format!("http://{base}"));
     assert_eq!(r.code, 1, "{}", r.stderr);
@@ -643,7 +552,7 @@ fn proxy_refusals_and_credentials() {
     assert!(!r.stderr.contains("s3cret") && !r.stdout.contains("s3cret"));
 
     // A proxy that allows CONNECT only to port 443 refuses the relay's port with 403.
-    let strict = spawn_tinyproxy("ConnectPort 443");
+    let strict = spawn_tinyproxy("Connect", "ConnectPort 443");
     let r = check(&format!("http://127.0.0.1:{}", strict.port));
     assert_eq!(r.code, 1, "{}", r.stderr);
     assert!(
@@ -705,77 +614,27 @@ fn client_pki(dir: &Path) -> (PathBuf, PathBuf, PathBuf) {
     (ca_pem, cert_pem, key_pem)
 }
 
-/// A running `iap-relay` with a hand-written `[tls]` table (client CA); killed on drop.
-struct MtlsRelay {
-    url: String,
-    pki: common::TestPki,
-    log: PathBuf,
-    _child: ChildGuard,
-}
-
-fn spawn_mtls_relay(dir: &Path, client_ca: &Path, mode: &str, require_cert: bool) -> MtlsRelay {
-    let pki = common::test_pki();
+/// A relay whose `[tls]` has a client CA (`client_auth = mode`), granting [`PRINCIPAL`] the
+/// project on the condition of a client certificate when `require_cert`.
+fn spawn_mtls_relay(client_ca: &Path, mode: &str, require_cert: bool) -> Relay {
+    let mut binding = Binding::new(&[PRINCIPAL], &format!("projects/{PROJECT}"));
+    binding.require_client_cert = require_cert;
     let spec = RelaySpec {
-        bindings: vec![],
+        bindings: vec![binding],
+        client_ca: Some((client_ca.to_owned(), Some(mode.to_owned()))),
         ..RelaySpec::standard(PRINCIPAL, TOKEN)
     };
-    let q = |p: &Path| serde_json::to_string(&p.display().to_string()).unwrap();
-    let text = format!(
-        "{}\n[[bindings]]\nrole = \"roles/iap.tunnelResourceAccessor\"\nmembers = [\"{PRINCIPAL}\"]\n\
-         resource = \"projects/{PROJECT}\"\nrequire_client_cert = {require_cert}\n\n\
-         [tls]\ncert = {}\nkey = {}\nclient_ca = {}\nclient_auth = \"{mode}\"\n",
-        spec.to_toml(None),
-        q(&pki.cert_pem),
-        q(&pki.key_pem),
-        q(client_ca),
-    );
-    let config = dir.join("relay.toml");
-    fs::write(&config, text).unwrap();
-    let log = dir.join("relay.log");
-    let mut cmd = Command::new(iap_relay_bin());
-    hermetic_env(&mut cmd, dir);
-    cmd.arg("--config")
-        .arg(&config)
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(fs::File::create(&log).unwrap());
-    let mut child = ChildGuard::new(cmd.spawn().expect("spawning iap-relay"));
-    let stdout = child.child_mut().stdout.take().unwrap();
-    let (tx, rx) = mpsc::channel();
-    thread::spawn(move || {
-        let mut lines = BufReader::new(stdout).lines();
-        let _ = tx.send(lines.next());
-        for _ in lines {}
-    });
-    let line = match rx.recv_timeout(common::READY_TIMEOUT) {
-        Ok(Some(Ok(line))) => line,
-        other => panic!("iap-relay not ready: {other:?}\n{}", read_log(&log)),
-    };
-    let url = line
-        .strip_prefix("iap-relay listening on ")
-        .unwrap_or_else(|| panic!("unexpected line {line:?}"))
-        .trim()
-        .to_owned();
-    MtlsRelay {
-        url,
-        pki,
-        log,
-        _child: child,
-    }
+    spawn_relay(&spec)
 }
 
-fn mtls_check(relay: &MtlsRelay, state: &Path, backend: u16, cert: Option<(&Path, &Path)>) -> Run {
+fn mtls_check(relay: &Relay, state: &Path, backend: u16, cert: Option<(&Path, &Path)>) -> Run {
     let token = write_token_file(state, TOKEN);
-    let mut cmd = Command::new(iap_ssh_bin());
-    hermetic_env(&mut cmd, state);
-    cmd.args(["--check", "--endpoint", &relay.url, "--ca-file"])
-        .arg(&relay.pki.ca_pem)
-        .arg("--access-token-file")
-        .arg(token);
+    let mut cmd = iap_ssh(state).relay(relay).token_file(&token).command();
+    cmd.arg("--check");
     if let Some((c, k)) = cert {
         cmd.arg("--client-cert").arg(c).arg("--client-key").arg(k);
     }
-    cmd.arg(host()).arg(backend.to_string());
+    cmd.arg(dotted_host()).arg(backend.to_string());
     run(&mut cmd)
 }
 
@@ -784,7 +643,7 @@ fn relay_requiring_a_client_certificate_rejects_clients_without_one() {
     let dir = tempfile::tempdir().unwrap();
     let (ca, cert, key) = client_pki(dir.path());
     let backend = echo_backend();
-    let relay = spawn_mtls_relay(dir.path(), &ca, "required", false);
+    let relay = spawn_mtls_relay(&ca, "required", false);
     let r = mtls_check(&relay, dir.path(), backend, None);
     assert_ne!(r.code, 0, "{}", r.stderr);
     assert!(
@@ -792,16 +651,10 @@ fn relay_requiring_a_client_certificate_rejects_clients_without_one() {
             .contains("requires a client certificate: pass --client-cert and --client-key"),
         "{}\n--- relay ---\n{}",
         r.stderr,
-        read_log(&relay.log)
+        relay.log()
     );
     let r = mtls_check(&relay, dir.path(), backend, Some((&cert, &key)));
-    assert_eq!(
-        r.code,
-        0,
-        "{}\n--- relay ---\n{}",
-        r.stderr,
-        read_log(&relay.log)
-    );
+    assert_eq!(r.code, 0, "{}\n--- relay ---\n{}", r.stderr, relay.log());
 
     // A certificate from another CA is refused at the handshake, with a clear message.
     let other = tempfile::tempdir().unwrap();
@@ -820,24 +673,12 @@ fn binding_condition_admits_only_clients_with_a_certificate() {
     let dir = tempfile::tempdir().unwrap();
     let (ca, cert, key) = client_pki(dir.path());
     let backend = echo_backend();
-    let relay = spawn_mtls_relay(dir.path(), &ca, "optional", true);
+    let relay = spawn_mtls_relay(&ca, "optional", true);
     let r = mtls_check(&relay, dir.path(), backend, None);
-    assert_eq!(
-        r.code,
-        4,
-        "{}\n--- relay ---\n{}",
-        r.stderr,
-        read_log(&relay.log)
-    );
+    assert_eq!(r.code, 4, "{}\n--- relay ---\n{}", r.stderr, relay.log());
     assert!(r.stderr.contains("(4033)"), "{}", r.stderr);
     let r = mtls_check(&relay, dir.path(), backend, Some((&cert, &key)));
-    assert_eq!(
-        r.code,
-        0,
-        "{}\n--- relay ---\n{}",
-        r.stderr,
-        read_log(&relay.log)
-    );
+    assert_eq!(r.code, 0, "{}\n--- relay ---\n{}", r.stderr, relay.log());
 }
 
 #[test]
@@ -854,14 +695,15 @@ fn client_certificate_usage_errors() {
         (vec![&cert, &other_key], "do not form a usable pair"),
     ];
     for (files, part) in cases {
-        let mut cmd = Command::new(iap_ssh_bin());
-        hermetic_env(&mut cmd, dir.path());
-        cmd.args(["--check", "--access-token-file", "/dev/null"]);
+        let mut cmd = iap_ssh(dir.path())
+            .token_file(Path::new("/dev/null"))
+            .command();
+        cmd.arg("--check");
         cmd.arg("--client-cert").arg(files[0]);
         if let Some(k) = files.get(1) {
             cmd.arg("--client-key").arg(k);
         }
-        cmd.args([&host(), "22"]);
+        cmd.args([&dotted_host(), "22"]);
         let r = run(&mut cmd);
         assert_eq!(r.code, 2, "{}", r.stderr);
         assert!(r.stderr.contains(part), "{part:?} in {}", r.stderr);
@@ -875,8 +717,7 @@ fn client_certificate_usage_errors() {
 #[test]
 fn print_ssh_config_prints_a_ready_host_block() {
     let dir = tempfile::tempdir().unwrap();
-    let mut cmd = Command::new(iap_ssh_bin());
-    hermetic_env(&mut cmd, dir.path());
+    let mut cmd = iap_ssh(dir.path()).command();
     cmd.args([
         "--print-ssh-config",
         "--project",

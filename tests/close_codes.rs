@@ -10,7 +10,7 @@
 
 mod common;
 
-use std::process::{Command, Stdio};
+use std::process::Stdio;
 use std::time::Duration;
 
 use futures_util::{SinkExt, StreamExt};
@@ -82,11 +82,11 @@ async fn scripted_relay(script: Script) -> String {
 fn run_against(url: &str) -> (i32, String, Vec<u8>) {
     let dir = tempfile::tempdir().unwrap();
     let token = common::write_token_file(dir.path(), "scripted-token");
-    let mut cmd = Command::new(common::iap_ssh_bin());
-    cmd.args(["--endpoint", url, "--access-token-file"])
-        .arg(&token)
-        .args(["vm-1.zone-a.proj", "22"])
-        .stdin(Stdio::piped());
+    let mut cmd = common::iap_ssh(dir.path())
+        .endpoint(url)
+        .token_file(&token)
+        .command();
+    cmd.args(["vm-1.zone-a.proj", "22"]).stdin(Stdio::piped());
     // stdin stays open (a pipe nobody writes) so only the relay can end the tunnel.
     let mut child = cmd
         .stdout(Stdio::piped())

@@ -13,40 +13,19 @@ mod common;
 mod google;
 
 use std::fs;
-use std::net::{Shutdown, TcpListener};
+use std::net::TcpListener;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::thread;
 use std::time::{Duration, Instant};
 
-use common::{
-    ChildGuard, PROJECT, Relay, RelaySpec, hermetic_env, iap_ssh_bin, read_log, require_tool,
-    run_with_timeout, spawn_relay, tool_path,
-};
+use common::*;
 use google::{FakeGoogle, IMPERSONATED, SUBJECT, USER_EMAIL, VM_EMAIL};
 use serde_json::{Value, json};
 
 const PRINCIPAL: &str = "user:matrix@example.com";
 const WAIT: Duration = Duration::from_secs(90);
-
-fn echo_backend() -> u16 {
-    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
-    let port = listener.local_addr().unwrap().port();
-    thread::spawn(move || {
-        for conn in listener.incoming() {
-            let Ok(mut conn) = conn else { continue };
-            thread::spawn(move || {
-                let Ok(mut reader) = conn.try_clone() else {
-                    return;
-                };
-                let _ = std::io::copy(&mut reader, &mut conn);
-                let _ = conn.shutdown(Shutdown::Write);
-            });
-        }
-    });
-    port
-}
 
 struct Run {
     code: i32,
@@ -79,22 +58,12 @@ fn check_host(
     backend: u16,
     host: &str,
 ) -> Command {
-    let mut cmd = iap_ssh(google, state);
-    cmd.args(["--check", "--endpoint", &relay.url, "--ca-file"])
-        .arg(relay.ca_pem())
-        .arg(host)
-        .arg(backend.to_string());
-    cmd
-}
-
-/// iap-ssh with a hermetic environment in `state` and token-info at `google`.
-fn iap_ssh(google: &FakeGoogle, state: &Path) -> Command {
-    let mut cmd = Command::new(iap_ssh_bin());
-    hermetic_env(&mut cmd, state);
-    let home = state.join("home");
-    fs::create_dir_all(&home).unwrap();
-    cmd.env("HOME", &home)
-        .env("IAP_SSH_TOKENINFO_URL", google.tokeninfo_url());
+    let mut cmd = iap_ssh(state)
+        .home()
+        .tokeninfo_url(&google.tokeninfo_url())
+        .relay(relay)
+        .command();
+    cmd.arg("--check").arg(host).arg(backend.to_string());
     cmd
 }
 
@@ -612,7 +581,9 @@ fn gcloud_account_plain_and_impersonating() {
             state.path(),
             &["config", "set", "core/custom_ca_certs_file", &ca],
         );
-        let out = run(iap_ssh(&g, state.path())
+        let out = run(iap_ssh(state.path())
+            .home()
+            .tokeninfo_url(&g.tokeninfo_url())
             .env("PATH", &path)
             .args(["--check", "--endpoint", &relay.url, &host])
             .arg(backend.to_string()));
@@ -649,25 +620,6 @@ fn gcloud_account_plain_and_impersonating() {
 // A refused token is dropped and replaced
 // ---------------------------------------------------------------------------------------------
 
-fn reload_relay(relay: &Relay, spec: &RelaySpec) {
-    let before = relay.log().matches("configuration reloaded").count();
-    fs::write(
-        &relay.config_path,
-        spec.to_toml(Some(("relay-cert.pem", "relay-key.pem"))),
-    )
-    .unwrap();
-    rustix::process::kill_process(
-        rustix::process::Pid::from_raw(relay.pid() as i32).unwrap(),
-        rustix::process::Signal::HUP,
-    )
-    .unwrap();
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while relay.log().matches("configuration reloaded").count() == before {
-        assert!(Instant::now() < deadline, "no reload: {}", relay.log());
-        thread::sleep(Duration::from_millis(20));
-    }
-}
-
 #[test]
 fn a_cached_token_the_relay_stops_accepting_is_replaced() {
     let backend = echo_backend();
@@ -692,7 +644,7 @@ fn a_cached_token_the_relay_stops_accepting_is_replaced() {
     // The relay stops accepting the cached token; the source would now give a new one.
     g.set_generation(2);
     let second = g.token("oauth");
-    reload_relay(&relay, &RelaySpec::standard(PRINCIPAL, &second));
+    relay.reload(&RelaySpec::standard(PRINCIPAL, &second));
     let out = run(cmd().arg("-v"));
     assert_eq!(out.code, 0, "{}\n{}", out.stderr, relay.log());
     assert_eq!(
@@ -720,7 +672,7 @@ fn a_cached_token_the_relay_stops_accepting_is_replaced() {
     assert_eq!(g.hits("POST /token"), 2);
 
     // A relay that refuses every token: one retry, then a message naming the source.
-    reload_relay(&relay, &RelaySpec::standard(PRINCIPAL, "nothing-we-have"));
+    relay.reload(&RelaySpec::standard(PRINCIPAL, "nothing-we-have"));
     let out = run(&mut cmd());
     assert_eq!(out.code, 3, "{}", out.stderr);
     assert!(
@@ -809,7 +761,9 @@ fn close_4004_at_connect_drops_the_token_from_the_library_too() {
     let (url, seen) = relay_asking_for_a_fresh_token(g.generation_handle());
     let state = tempfile::tempdir().unwrap();
     let adc = write_json(&state.path().join("adc.json"), &authorized_user(&g));
-    let out = run(iap_ssh(&g, state.path())
+    let out = run(iap_ssh(state.path())
+        .home()
+        .tokeninfo_url(&g.tokeninfo_url())
         .env("GOOGLE_APPLICATION_CREDENTIALS", &adc)
         .args(["--check", "--endpoint", &url, &common::dotted_host(), "22"]));
     assert_eq!(out.code, 0, "{}", out.stderr);
@@ -830,57 +784,6 @@ fn close_4004_at_connect_drops_the_token_from_the_library_too() {
 // Token traffic through the tunnel's proxy
 // ---------------------------------------------------------------------------------------------
 
-struct Tinyproxy {
-    url: String,
-    log: PathBuf,
-    _child: ChildGuard,
-    _dir: tempfile::TempDir,
-}
-
-fn spawn_tinyproxy() -> Tinyproxy {
-    let bin = tool_path("tinyproxy").expect("tinyproxy installed");
-    let dir = tempfile::tempdir().unwrap();
-    let log = dir.path().join("tinyproxy.log");
-    for _ in 0..5 {
-        let port = common::free_port();
-        let config = dir.path().join("tinyproxy.conf");
-        fs::write(
-            &config,
-            format!(
-                "Port {port}\nListen 127.0.0.1\nTimeout 30\nMaxClients 50\nLogLevel Info\n\
-                 LogFile \"{}\"\nPidFile \"{}\"\nAllow 127.0.0.1\n",
-                log.display(),
-                dir.path().join("tinyproxy.pid").display()
-            ),
-        )
-        .unwrap();
-        let mut child = ChildGuard::new(
-            Command::new(&bin)
-                .arg("-d")
-                .arg("-c")
-                .arg(&config)
-                .stdin(std::process::Stdio::null())
-                .stdout(std::process::Stdio::null())
-                .stderr(std::process::Stdio::null())
-                .spawn()
-                .expect("spawning tinyproxy"),
-        );
-        let deadline = Instant::now() + common::READY_TIMEOUT;
-        while Instant::now() < deadline && child.try_wait().is_none() {
-            if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
-                return Tinyproxy {
-                    url: format!("http://127.0.0.1:{port}"),
-                    log,
-                    _child: child,
-                    _dir: dir,
-                };
-            }
-            thread::sleep(Duration::from_millis(20));
-        }
-    }
-    panic!("tinyproxy did not start: {}", read_log(&log));
-}
-
 /// How a proxy row names the proxy: a flag, a variable, or gcloud's configuration.
 type SetProxy<'a> = Box<dyn Fn(&mut Command, &Path) + 'a>;
 
@@ -890,7 +793,7 @@ fn token_traffic_goes_through_the_tunnels_proxy() {
         return;
     }
     let backend = echo_backend();
-    let proxy = spawn_tinyproxy();
+    let proxy = spawn_tinyproxy("Info", "");
     let proxy_port = proxy.url.rsplit(':').next().unwrap().to_owned();
     let ways: [(&str, SetProxy); 3] = [
         (

@@ -20,7 +20,7 @@ mod stream;
 use std::collections::{BTreeMap, BTreeSet};
 use std::fs::{self, File};
 use std::io::{Read, Write};
-use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::net::{SocketAddr, TcpStream};
 use std::path::PathBuf;
 use std::process::{Command, ExitStatus, Stdio};
 use std::sync::Arc;
@@ -87,8 +87,7 @@ impl Node {
     }
 
     fn signal(&self, signal: rustix::process::Signal) {
-        let pid = rustix::process::Pid::from_raw(self.relay.pid() as i32).expect("pid");
-        rustix::process::kill_process(pid, signal).expect("signalling the relay");
+        self.relay.signal(signal);
     }
 }
 
@@ -178,9 +177,9 @@ impl Fleet {
 }
 
 /// Starts three relays (`relay-1` … `relay-3`, plain ws://, admin port, audit log, HAProxy's
-/// address trusted for X-Forwarded-For) with `limits` added to their `[limits]`, and HAProxy
-/// in front of them. None (after printing why) when haproxy is missing outside CI.
-fn fleet(limits: &str) -> Option<Fleet> {
+/// address trusted for X-Forwarded-For) with `reauthenticate_after_secs` in their `[limits]`,
+/// and HAProxy in front of them. None (after printing why) when haproxy is missing outside CI.
+fn fleet(reauthenticate_after_secs: Option<u64>) -> Option<Fleet> {
     if !require_tool("haproxy") {
         return None;
     }
@@ -192,19 +191,19 @@ fn fleet(limits: &str) -> Option<Fleet> {
         let id = format!("relay-{i}");
         let admin_port = free_port();
         let audit = dir.path().join(format!("{id}.audit.jsonl"));
-        let mut spec = RelaySpec::standard(PRINCIPAL, &token);
-        spec.tls = false;
-        spec.extra_toml = format!(
-            "node_id = \"{id}\"\n\
-             admin_listen = \"127.0.0.1:{admin_port}\"\n\
-             trusted_proxies = [\"127.0.0.1\"]\n\
-             audit_log = {}\n\
-             [limits]\n\
-             drain_secs = 60\n\
-             resume_window_secs = 60\n\
-             {limits}\n",
-            serde_json::to_string(&audit.display().to_string()).expect("path as TOML string"),
-        );
+        let spec = RelaySpec {
+            node_id: Some(id.clone()),
+            admin_listen: Some(([127, 0, 0, 1], admin_port).into()),
+            trusted_proxies: vec!["127.0.0.1".into()],
+            audit_log: Some(audit.clone()),
+            limits: Limits {
+                drain_secs: Some(60),
+                resume_window_secs: Some(60),
+                reauthenticate_after_secs,
+                ..Limits::default()
+            },
+            ..RelaySpec::standard(PRINCIPAL, &token).plaintext()
+        };
         let relay = spawn_relay(&spec);
         nodes.push(Node {
             id,
@@ -277,34 +276,9 @@ fn fleet(limits: &str) -> Option<Fleet> {
     unreachable!("the loop above returns or panics on its last attempt")
 }
 
-fn http_get(addr: SocketAddr, path: &str) -> String {
-    let Ok(mut s) = TcpStream::connect_timeout(&addr, Duration::from_secs(2)) else {
-        return String::new();
-    };
-    let _ = s.set_read_timeout(Some(Duration::from_secs(5)));
-    let _ = write!(s, "GET {path} HTTP/1.1\r\nHost: admin\r\n\r\n");
-    let mut out = String::new();
-    let _ = s.read_to_string(&mut out);
-    out
-}
-
 // ---------------------------------------------------------------------------------------------
 // Tunnels: iap-ssh in stdio mode to an echo backend of its own
 // ---------------------------------------------------------------------------------------------
-
-/// An echo server on 127.0.0.1 for one connection; returns its port.
-fn echo_backend() -> u16 {
-    let listener = TcpListener::bind("127.0.0.1:0").expect("echo bind");
-    let port = listener.local_addr().expect("echo addr").port();
-    thread::spawn(move || {
-        if let Ok((s, _)) = listener.accept() {
-            let mut w = s.try_clone().expect("clone");
-            let mut r = s;
-            let _ = std::io::copy(&mut r, &mut w);
-        }
-    });
-    port
-}
 
 /// How a tunnel ended.
 struct Outcome {
@@ -354,15 +328,12 @@ impl Tunnel {
     /// Starts `iap-ssh --endpoint endpoint … 127.0.0.1-instance PORT` with `extra` arguments.
     fn start(fleet: &Fleet, endpoint: &str, len: u64, seed: u64, extra: &[&str]) -> Tunnel {
         let port = echo_backend();
-        let mut cmd = Command::new(iap_ssh_bin());
-        hermetic_env(&mut cmd, fleet.dir.path());
-        cmd.arg("--endpoint")
-            .arg(endpoint)
-            .arg("--ca-file")
-            .arg(&fleet.pki.ca_pem)
-            .arg("--access-token-file")
-            .arg(&fleet.token_file)
-            .arg("--no-token-cache")
+        let mut cmd = iap_ssh(fleet.dir.path())
+            .endpoint(endpoint)
+            .ca_file(&fleet.pki.ca_pem)
+            .token_file(&fleet.token_file)
+            .command();
+        cmd.arg("--no-token-cache")
             .args(extra)
             .arg(dotted_host())
             .arg(port.to_string())
@@ -528,7 +499,7 @@ fn thirty_tunnels_spread_over_three_nodes_resume_on_their_owner() {
     const TUNNELS: u64 = 30;
     const CUTS: u32 = 4;
     let len: u64 = 4 << 20;
-    let Some(fleet) = fleet("") else { return };
+    let Some(fleet) = fleet(None) else { return };
     let proxy = FaultProxy::start(fleet.addr);
     let endpoint = format!("wss://{}", proxy.addr);
     let tunnels: Vec<Tunnel> = (0..TUNNELS)
@@ -624,7 +595,7 @@ fn killed_node_ends_its_sessions_with_a_clear_error_others_complete() {
     const TUNNELS: u64 = 12;
     const RESUME_SECS: u64 = 10;
     let len: u64 = 4 << 20;
-    let Some(fleet) = fleet("") else { return };
+    let Some(fleet) = fleet(None) else { return };
     let resume = RESUME_SECS.to_string();
     let tunnels: Vec<Tunnel> = (0..TUNNELS)
         .map(|i| {
@@ -710,7 +681,7 @@ fn killed_node_ends_its_sessions_with_a_clear_error_others_complete() {
 fn drained_node_takes_no_new_sessions_finishes_live_ones_then_exits() {
     const TUNNELS: u64 = 9;
     let len: u64 = 4 << 20;
-    let Some(mut fleet) = fleet("") else { return };
+    let Some(mut fleet) = fleet(None) else { return };
     let proxy = FaultProxy::start(fleet.addr);
     let endpoint = format!("wss://{}", proxy.addr);
     let tunnels: Vec<Tunnel> = (0..TUNNELS)
@@ -843,7 +814,7 @@ fn drained_node_takes_no_new_sessions_finishes_live_ones_then_exits() {
 /// names the real peer.
 #[test]
 fn haproxy_replaces_a_forwarded_for_header_sent_by_the_client() {
-    let Some(fleet) = fleet("") else { return };
+    let Some(fleet) = fleet(None) else { return };
     let backend = echo_backend();
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
@@ -918,7 +889,7 @@ fn gcloud_forced_resume_reaches_the_owner_node() {
         return;
     }
     const UPLOADS: usize = 3;
-    let Some(fleet) = fleet("reauthenticate_after_secs = 2") else {
+    let Some(fleet) = fleet(Some(2)) else {
         return;
     };
     let sshd = spawn_sshd();

@@ -66,8 +66,9 @@ fn gcloud_setup() -> Option<GcloudSetup> {
         return None;
     }
     let (alice, mallory) = (random_hex(24), random_hex(24));
-    let mut spec = RelaySpec::standard(ALICE, &alice).with_token(MALLORY, &mallory);
-    spec.extra_toml = "audit_log = \"audit.jsonl\"".into();
+    let spec = RelaySpec::standard(ALICE, &alice)
+        .with_token(MALLORY, &mallory)
+        .audit_log("audit.jsonl");
     let relay = spawn_relay(&spec);
     let sshd = spawn_sshd();
     let secrets = sshd.subdir("secrets");

@@ -1,7 +1,8 @@
-//! A hostile client against the real `iap-relay` (plain `ws://` on loopback): protocol
-//! violations get their close codes, oversized and endless input is cut off, thousands of idle
-//! connections are dropped in bounded time, and through all of it the relay keeps serving an
-//! honest client with bounded memory (RSS read from /proc).
+//! A hostile client against the relay (plain `ws://` on loopback): protocol violations get
+//! their close codes, oversized and endless input is cut off, thousands of idle connections
+//! are dropped in bounded time, and through all of it the relay keeps serving an honest client
+//! with bounded memory. The relay runs in this process, except where its RSS is read from
+//! /proc: there it is the `iap-relay` binary.
 #![allow(
     clippy::unwrap_used,
     clippy::expect_used,
@@ -12,14 +13,13 @@
 mod common;
 
 use std::net::SocketAddr;
-use std::path::Path;
 use std::time::{Duration, Instant};
 
 use futures_util::{SinkExt, StreamExt};
 use iap_ssh::frame::{Frame, MAX_ARRAY_LEN};
 use iap_ssh::target::Target;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::{TcpListener, TcpStream};
+use tokio::net::TcpStream;
 use tokio_tungstenite::WebSocketStream;
 use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
@@ -34,26 +34,20 @@ const STEP: Duration = Duration::from_secs(15);
 
 type Ws = WebSocketStream<TcpStream>;
 
-fn relay() -> common::Relay {
-    let mut spec = common::RelaySpec::standard(PRINCIPAL, TOKEN);
-    spec.tls = false;
-    spec.extra_toml = format!("[limits]\nhandshake_timeout_secs = {HANDSHAKE_SECS}\n");
-    common::spawn_relay(&spec)
+fn spec() -> common::RelaySpec {
+    common::RelaySpec::standard(PRINCIPAL, TOKEN)
+        .plaintext()
+        .limits(|l| l.handshake_timeout_secs = Some(HANDSHAKE_SECS))
 }
 
-/// A backend that echoes every byte.
-async fn echo_backend() -> u16 {
-    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind echo");
-    let port = listener.local_addr().expect("echo addr").port();
-    tokio::spawn(async move {
-        while let Ok((mut s, _)) = listener.accept().await {
-            tokio::spawn(async move {
-                let (mut r, mut w) = s.split();
-                let _ = tokio::io::copy(&mut r, &mut w).await;
-            });
-        }
-    });
-    port
+/// The relay served in this process.
+fn relay() -> common::RelayGuard {
+    common::spawn_relay_in_process(&spec())
+}
+
+/// The relay as its own process, for tests that read its memory from /proc.
+fn relay_process() -> common::Relay {
+    common::spawn_relay(&spec())
 }
 
 /// A backend that accepts and never reads, so everything a client sends piles up upstream.
@@ -192,36 +186,6 @@ async fn honest_round_trip(addr: SocketAddr, port: u16, limit: Duration) {
     .expect("the relay keeps serving an honest client");
 }
 
-/// The pid of the `iap-relay` running with `config` (found in /proc by its command line).
-fn relay_pid(config: &Path) -> u32 {
-    let needle = config.to_string_lossy().into_owned();
-    for entry in std::fs::read_dir("/proc").expect("/proc").flatten() {
-        let Ok(pid) = entry.file_name().to_string_lossy().parse::<u32>() else {
-            continue;
-        };
-        let cmdline = std::fs::read(entry.path().join("cmdline")).unwrap_or_default();
-        let cmdline = String::from_utf8_lossy(&cmdline);
-        if cmdline.contains("iap-relay") && cmdline.contains(&needle) {
-            return pid;
-        }
-    }
-    panic!("no iap-relay process for {needle}");
-}
-
-/// `(VmRSS, VmHWM)` of `pid` in KiB.
-fn rss_kib(pid: u32) -> (u64, u64) {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
-    let field = |name: &str| {
-        status
-            .lines()
-            .find_map(|l| l.strip_prefix(name))
-            .and_then(|v| v.split_whitespace().next())
-            .and_then(|v| v.parse().ok())
-            .unwrap_or(0)
-    };
-    (field("VmRSS:"), field("VmHWM:"))
-}
-
 fn data_msg(len: usize) -> Message {
     let mut m = vec![0u8, 4];
     m.extend_from_slice(&(len as u32).to_be_bytes());
@@ -232,7 +196,7 @@ fn data_msg(len: usize) -> Message {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn protocol_violations_get_their_close_codes() {
     let relay = relay();
-    let port = echo_backend().await;
+    let port = common::echo_backend_async().await;
     let bin = |b: &[u8]| Message::Binary(b.to_vec().into());
     // (what, messages, expected end)
     let cases: Vec<(&str, Vec<Message>, End)> = vec![
@@ -321,7 +285,7 @@ async fn protocol_violations_get_their_close_codes() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn acks_beyond_or_backwards_are_refused() {
     let relay = relay();
-    let port = echo_backend().await;
+    let port = common::echo_backend_async().await;
     for (acks, want) in [
         (&[5u64, 6][..], 4006u16),
         (&[5, 3], 4005),
@@ -359,7 +323,7 @@ async fn acks_beyond_or_backwards_are_refused() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn early_data_is_delivered_in_order() {
     let relay = relay();
-    let port = echo_backend().await;
+    let port = common::echo_backend_async().await;
     let mut ws = open(relay.addr, port).await;
     let sent: Vec<u8> = (0..50_000u32).map(|i| (i % 251) as u8).collect();
     for chunk in sent.chunks(7_000) {
@@ -393,11 +357,11 @@ async fn early_data_is_delivered_in_order() {
 /// stops reading in bounded memory, serves another client meanwhile, and ends cleanly.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn flood_of_tiny_frames_stays_bounded() {
-    let relay = relay();
-    let pid = relay_pid(&relay.config_path);
-    let (echo, deaf) = (echo_backend().await, deaf_backend().await);
+    let relay = relay_process();
+    let pid = relay.pid();
+    let (echo, deaf) = (common::echo_backend_async().await, deaf_backend().await);
     honest_round_trip(relay.addr, echo, STEP).await;
-    let (before, _) = rss_kib(pid);
+    let (before, _) = common::rss_kib(pid);
     let mut ws = open(relay.addr, deaf).await;
     expect_sid(&mut ws).await;
     let one = Message::Binary(Frame::Data(b"x").to_bytes());
@@ -417,7 +381,7 @@ async fn flood_of_tiny_frames_stays_bounded() {
         let _ = ws.flush().await;
     })
     .await;
-    let (during, peak) = rss_kib(pid);
+    let (during, peak) = common::rss_kib(pid);
     eprintln!(
         "flood: {sent} one-byte DATA frames in {:?}; relay RSS before {before} KiB, after {during} KiB, peak {peak} KiB",
         started.elapsed()
@@ -434,9 +398,9 @@ async fn flood_of_tiny_frames_stays_bounded() {
 /// A request head that never ends (one header growing without bound) is cut off early.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn huge_http_headers_are_refused() {
-    let relay = relay();
-    let pid = relay_pid(&relay.config_path);
-    let (before, _) = rss_kib(pid);
+    let relay = relay_process();
+    let pid = relay.pid();
+    let (before, _) = common::rss_kib(pid);
     let mut s = TcpStream::connect(relay.addr).await.expect("connect");
     let head = format!(
         "GET /v4/connect?{} HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {TOKEN}\r\nX-Big: ",
@@ -455,7 +419,7 @@ async fn huge_http_headers_are_refused() {
         }
     })
     .await;
-    let (after, peak) = rss_kib(pid);
+    let (after, peak) = common::rss_kib(pid);
     eprintln!(
         "huge header: relay took {} KiB before cutting off ({outcome:?}); RSS before {before} KiB, after {after} KiB, peak {peak} KiB",
         written / 1024
@@ -485,7 +449,7 @@ async fn huge_http_headers_are_refused() {
         let text = String::from_utf8_lossy(&buf[..n]);
         assert!(n == 0 || text.starts_with("HTTP/1.1 4"), "{text}");
     }
-    honest_round_trip(relay.addr, echo_backend().await, STEP).await;
+    honest_round_trip(relay.addr, common::echo_backend_async().await, STEP).await;
 }
 
 /// Connections that never finish their upgrade (silent, a partial request line, or a request
@@ -536,16 +500,7 @@ async fn unfinished_upgrades_are_dropped() {
         cut.is_some_and(|t| t < Duration::from_secs(HANDSHAKE_SECS + 5)),
         "a one-byte-at-a-time request was not cut off: {cut:?}"
     );
-    honest_round_trip(relay.addr, echo_backend().await, STEP).await;
-}
-
-/// Raises this process's open-file limit as far as allowed (the relay inherits it); returns it.
-fn raise_nofile() -> u64 {
-    use rustix::process::{Resource, getrlimit, setrlimit};
-    let mut lim = getrlimit(Resource::Nofile);
-    lim.current = lim.maximum;
-    let _ = setrlimit(Resource::Nofile, lim);
-    getrlimit(Resource::Nofile).current.unwrap_or(u64::MAX)
+    honest_round_trip(relay.addr, common::echo_backend_async().await, STEP).await;
 }
 
 /// Up to 10,000 connections opened at once from one address (127.0.0.3), each sending half an
@@ -554,16 +509,16 @@ fn raise_nofile() -> u64 {
 /// its memory stays bounded.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn ten_thousand_connections_at_once() {
-    let nofile = raise_nofile();
+    let nofile = common::raise_nofile();
     // This process holds one end of each and the relay the other; keep room for everything else.
     let n = 10_000usize.min(nofile.saturating_sub(512) as usize);
     if n < 10_000 {
         eprintln!("RLIMIT_NOFILE is {nofile}: opening {n} connections instead of 10,000");
     }
-    let relay = relay();
-    let pid = relay_pid(&relay.config_path);
-    let echo = echo_backend().await;
-    let (before, _) = rss_kib(pid);
+    let relay = relay_process();
+    let pid = relay.pid();
+    let echo = common::echo_backend_async().await;
+    let (before, _) = common::rss_kib(pid);
     let started = Instant::now();
     let mut tasks = tokio::task::JoinSet::new();
     for i in 0..n {
@@ -599,7 +554,7 @@ async fn ten_thousand_connections_at_once() {
     // While they are all open, an honest client still gets through; slots free up as the
     // handshake limit passes, so allow that much plus some.
     tokio::time::sleep(Duration::from_millis(500)).await;
-    let (during, _) = rss_kib(pid);
+    let (during, _) = common::rss_kib(pid);
     honest_round_trip(
         relay.addr,
         echo,
@@ -617,7 +572,7 @@ async fn ten_thousand_connections_at_once() {
             slowest = slowest.max(t);
         }
     }
-    let (after, peak) = rss_kib(pid);
+    let (after, peak) = common::rss_kib(pid);
     eprintln!(
         "{n} connections: {opened} opened, {dropped} dropped by the relay (slowest {slowest:?}); honest client served after {served_after:?}; relay RSS before {before} KiB, with all open {during} KiB, after {after} KiB, peak {peak} KiB"
     );

@@ -12,7 +12,7 @@
 mod common;
 
 use std::io::Write;
-use std::process::{Command, Stdio};
+use std::process::Stdio;
 use std::time::{Duration, Instant};
 
 use futures_util::{SinkExt, StreamExt};
@@ -146,14 +146,12 @@ fn run_iap_ssh_env(
 ) -> Run {
     let dir = tempfile::tempdir().expect("temp dir");
     let token = common::write_token_file(dir.path(), "hostile-relay-token");
-    let mut cmd = Command::new(common::iap_ssh_bin());
-    common::hermetic_env(&mut cmd, dir.path());
+    let mut builder = common::iap_ssh(dir.path());
     if !url.is_empty() {
-        cmd.args(["--endpoint", url]);
+        builder = builder.endpoint(url);
     }
-    cmd.arg("--access-token-file")
-        .arg(&token)
-        .args(["--no-token-cache"])
+    let mut cmd = builder.token_file(&token).command();
+    cmd.args(["--no-token-cache"])
         .args(extra)
         .args(["vm-1.zone-a.proj", "22"])
         .envs(envs.iter().copied())
@@ -1179,7 +1177,8 @@ fn short_help_and_version() {
         ("-V", concat!("iap-ssh ", env!("CARGO_PKG_VERSION"))),
         ("--version", concat!("iap-ssh ", env!("CARGO_PKG_VERSION"))),
     ] {
-        let out = Command::new(common::iap_ssh_bin())
+        let dir = tempfile::tempdir().expect("temp dir");
+        let out = common::iap_ssh(dir.path())
             .arg(flag)
             .stdin(Stdio::null())
             .output()
@@ -1188,7 +1187,8 @@ fn short_help_and_version() {
         assert!(out.status.success(), "{flag}: {out:?}");
         assert!(stdout.contains(want), "{flag}: {stdout}");
     }
-    let out = Command::new(common::iap_ssh_bin())
+    let dir = tempfile::tempdir().expect("temp dir");
+    let out = common::iap_ssh(dir.path())
         .arg("--help")
         .output()
         .expect("run iap-ssh");

@@ -11,41 +11,19 @@
 mod common;
 
 use std::io::{BufRead, BufReader, Read, Write};
-use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
+use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::sync::mpsc;
 use std::thread;
 use std::time::{Duration, Instant};
 
-use common::{
-    ChildGuard, INSTANCE, PROJECT, Relay, RelaySpec, ZONE, hermetic_env, iap_ssh_bin, read_log,
-    spawn_relay, write_token_file,
-};
+use common::*;
 
 const PRINCIPAL: &str = "user:lister@example.com";
 const TOKEN: &str = "listen-test-token-0123456789";
 /// Bound on any single wait in these tests.
 const WAIT: Duration = Duration::from_secs(60);
-
-/// Echoes every accepted connection until the peer half-closes; runs until the test ends.
-fn echo_backend(addr: &str) -> SocketAddr {
-    let listener = TcpListener::bind(addr).expect("binding echo backend");
-    let local = listener.local_addr().expect("echo address");
-    thread::spawn(move || {
-        for conn in listener.incoming() {
-            let Ok(mut conn) = conn else { continue };
-            thread::spawn(move || {
-                let Ok(mut reader) = conn.try_clone() else {
-                    return;
-                };
-                let _ = std::io::copy(&mut reader, &mut conn);
-                let _ = conn.shutdown(Shutdown::Write);
-            });
-        }
-    });
-    local
-}
 
 /// A relay granting [`PRINCIPAL`] the test instance, whose nic0 is 127.0.0.1.
 fn relay() -> Relay {
@@ -69,12 +47,8 @@ fn listen_command(
     (host, port): (&str, u16),
 ) -> Command {
     let token = write_token_file(dir, TOKEN);
-    let mut cmd = Command::new(iap_ssh_bin());
-    hermetic_env(&mut cmd, dir);
-    cmd.args(["--listen", addr, "--endpoint", &relay.url, "--ca-file"])
-        .arg(relay.ca_pem())
-        .arg("--access-token-file")
-        .arg(token)
+    let mut cmd = iap_ssh(dir).relay(relay).token_file(&token).command();
+    cmd.args(["--listen", addr])
         .args(extra)
         .arg(host)
         .arg(port.to_string());
@@ -154,7 +128,7 @@ fn echo_through(addr: SocketAddr, data: Vec<u8>) -> Result<(TcpStream, Vec<u8>),
 #[test]
 fn two_hundred_concurrent_connections_each_echo_one_mib() {
     let relay = relay();
-    let backend = echo_backend("127.0.0.1:0");
+    let backend = echo_backend_on("127.0.0.1:0");
     let listener = start_listener(&relay, "127.0.0.1:0", &[], backend.port());
     let addr = SocketAddr::from(([127, 0, 0, 1], listener.port));
     let started = Instant::now();
@@ -185,7 +159,7 @@ fn ipv6_listener_serves_connections() {
         return;
     }
     let relay = relay();
-    let backend = echo_backend("127.0.0.1:0");
+    let backend = echo_backend_on("127.0.0.1:0");
     let listener = start_listener(&relay, "[::1]:0", &[], backend.port());
     let addr: SocketAddr = format!("[::1]:{}", listener.port).parse().unwrap();
     let data = pattern(7, 100_000);
@@ -222,7 +196,7 @@ fn a_failing_tunnel_does_not_stop_the_listener() {
     let log = read_log(&listener.stderr);
     assert!(log.contains("(4003)") || log.contains("4003"), "{log}");
     // Now the backend is up, and the same listener serves the next connection.
-    echo_backend(&format!("127.0.0.1:{port}"));
+    echo_backend_on(&format!("127.0.0.1:{port}"));
     let data = pattern(3, 64 * 1024);
     let (_, back) = echo_through(addr, data.clone()).expect("second connection");
     assert_eq!(back, data);
@@ -231,7 +205,7 @@ fn a_failing_tunnel_does_not_stop_the_listener() {
 #[test]
 fn sigterm_with_live_tunnels_exits_promptly_and_delivers_what_was_acknowledged() {
     let relay = relay();
-    let backend = echo_backend("127.0.0.1:0");
+    let backend = echo_backend_on("127.0.0.1:0");
     let mut listener = start_listener(&relay, "127.0.0.1:0", &[], backend.port());
     let addr = SocketAddr::from(([127, 0, 0, 1], listener.port));
     // Five open tunnels, each having carried 256 KiB both ways (so every byte was acknowledged
@@ -293,11 +267,11 @@ fn listen_expecting_exit(relay: &Relay, host: &str, port: u16) -> (i32, String, 
 
 #[test]
 fn startup_check_failures_exit_with_the_close_code_status() {
-    let backend = echo_backend("127.0.0.1:0");
+    let backend = echo_backend_on("127.0.0.1:0");
     let mut spec = RelaySpec::standard(PRINCIPAL, TOKEN);
     // vm-2 is granted but not in the inventory: 4047.
     spec.bindings
-        .push((vec![PRINCIPAL.into()], "projects/other-proj".into(), None));
+        .push(Binding::new(&[PRINCIPAL], "projects/other-proj"));
     let relay = spawn_relay(&spec);
     let closed = common::free_port();
     let cases = [
@@ -366,10 +340,7 @@ fn listen_usage_errors() {
         ),
     ];
     for (args, want) in cases {
-        let mut cmd = Command::new(iap_ssh_bin());
-        hermetic_env(&mut cmd, dir.path());
-        cmd.args(args);
-        let out = common::run_with_timeout(&mut cmd, WAIT);
+        let out = run_with_timeout(iap_ssh(dir.path()).args(args), WAIT);
         let stderr = String::from_utf8_lossy(&out.stderr);
         assert_eq!(out.status.code(), Some(2), "{args:?}\n{stderr}");
         assert!(stderr.contains(want), "{args:?}: {stderr}");

@@ -32,10 +32,6 @@ fn run(state: &Path, args: &[&str]) -> Output {
     run_with_timeout(relay_cmd(state).args(args), QUICK)
 }
 
-fn stderr(out: &Output) -> String {
-    String::from_utf8_lossy(&out.stderr).into_owned()
-}
-
 fn stdout(out: &Output) -> String {
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
@@ -85,7 +81,7 @@ fn version_help_and_usage_errors() {
     ] {
         let out = run(s, args);
         assert_eq!(out.status.code(), Some(2), "{args:?}: {}", describe(&out));
-        let err = stderr(&out);
+        let err = stderr_of(&out);
         assert_eq!(err.lines().count(), 1, "{args:?}: {err}");
         assert!(
             err.starts_with("iap-relay: ") && err.contains(says),
@@ -105,7 +101,7 @@ fn version_help_and_usage_errors() {
     );
     assert_eq!(out.status.code(), Some(1), "{}", describe(&out));
     assert!(
-        stderr(&out).contains("cannot be read"),
+        stderr_of(&out).contains("cannot be read"),
         "{}",
         describe(&out)
     );
@@ -144,7 +140,7 @@ resource = "folders/p"
     .unwrap();
     let out = run(d, &["--config", config.to_str().unwrap(), "--check-config"]);
     assert_eq!(out.status.code(), Some(1), "{}", describe(&out));
-    let err = stderr(&out);
+    let err = stderr_of(&out);
     let prefix = format!("iap-relay: relay config {}: ", config.display());
     assert!(err.lines().all(|l| l.starts_with(&prefix)), "{err}");
     for says in [
@@ -168,22 +164,19 @@ resource = "folders/p"
         ],
     );
     assert!(
-        stderr(&out).contains("https://idp.example"),
+        stderr_of(&out).contains("https://idp.example"),
         "{}",
         describe(&out)
     );
 
     // A good configuration: valid, and its audit log is not created by the check.
     let pki = test_pki();
-    fs::write(
-        &config,
-        format!(
-            "listen = \"127.0.0.1:0\"\naudit_log = \"audit.jsonl\"\n[tls]\ncert = {:?}\nkey = {:?}\n",
-            pki.cert_pem.display().to_string(),
-            pki.key_pem.display().to_string()
-        ),
-    )
-    .unwrap();
+    let good = RelaySpec::default().audit_log("audit.jsonl");
+    let (cert, key) = (
+        pki.cert_pem.to_str().unwrap(),
+        pki.key_pem.to_str().unwrap(),
+    );
+    fs::write(&config, good.to_toml(Some((cert, key)))).unwrap();
     let out = run(d, &["--config", config.to_str().unwrap(), "--check-config"]);
     assert!(out.status.success(), "{}", describe(&out));
     assert_eq!(
@@ -201,23 +194,25 @@ fn plaintext_beyond_loopback_without_trusted_proxies_is_warned() {
     let dir = tempfile::tempdir().unwrap();
     let d = dir.path();
     let config = d.join("relay.toml");
-    let check = |listen: &str, extra: &str| {
-        fs::write(&config, format!("listen = \"{listen}\"\n{extra}")).unwrap();
+    let check = |listen: &str, trusted_proxies: &[&str]| {
+        let spec = RelaySpec {
+            listen: listen.parse().unwrap(),
+            trusted_proxies: trusted_proxies.iter().map(|p| (*p).to_owned()).collect(),
+            ..RelaySpec::default()
+        };
+        fs::write(&config, spec.to_toml(None)).unwrap();
         let out = run(d, &["--config", config.to_str().unwrap(), "--check-config"]);
         assert!(out.status.success(), "{}", describe(&out));
-        stderr(&out)
+        stderr_of(&out)
     };
-    let warned = check("0.0.0.0:8080", "");
+    let warned = check("0.0.0.0:8080", &[]);
     assert_eq!(warned.lines().count(), 1, "{warned}");
     assert!(
         warned.contains("warning: serving plaintext ws:// on 0.0.0.0:8080"),
         "{warned}"
     );
-    assert_eq!(check("127.0.0.1:8080", ""), "");
-    assert_eq!(
-        check("0.0.0.0:8080", "trusted_proxies = [\"10.0.0.0/8\"]\n"),
-        ""
-    );
+    assert_eq!(check("127.0.0.1:8080", &[]), "");
+    assert_eq!(check("0.0.0.0:8080", &["10.0.0.0/8"]), "");
 }
 
 /// Starts `iap-relay --config CONFIG`; returns it and its `wss://` URL.
@@ -282,7 +277,7 @@ fn init_writes_a_folder_that_runs_as_is_and_iap_ssh_tunnels_through_it() {
     let again = run(tmp.path(), &["init", dir.to_str().unwrap()]);
     assert_eq!(again.status.code(), Some(1), "{}", describe(&again));
     assert!(
-        stderr(&again).contains("already exist"),
+        stderr_of(&again).contains("already exist"),
         "{}",
         describe(&again)
     );
@@ -314,14 +309,13 @@ fn init_writes_a_folder_that_runs_as_is_and_iap_ssh_tunnels_through_it() {
     // The protocol has no half-close: stdin stays open until the whole echo is back, or the
     // tail of the echo could still be on its way when iap-ssh ends the session at EOF.
     let data: Vec<u8> = (0..(1u32 << 20)).map(|i| (i * 7 + i / 251) as u8).collect();
-    let mut cmd = Command::new(iap_ssh_bin());
-    hermetic_env(&mut cmd, tmp.path());
+    let mut cmd = iap_ssh(tmp.path())
+        .endpoint(&url)
+        .ca_file(&dir.join("ca.pem"))
+        .token_file(&dir.join("token"))
+        .command();
     let stderr_path = tmp.path().join("iap-ssh.stderr");
-    cmd.args(["--endpoint", &url, "--ca-file"])
-        .arg(dir.join("ca.pem"))
-        .arg("--access-token-file")
-        .arg(dir.join("token"))
-        .arg("vm-1.zone-a.my-project")
+    cmd.arg("vm-1.zone-a.my-project")
         .arg(port.to_string())
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
@@ -407,7 +401,7 @@ fn a_ca_certificate_as_the_relays_own_is_refused_with_what_to_do() {
         args.extend_from_slice(extra);
         let out = run(tmp.path(), &args);
         assert_eq!(out.status.code(), Some(1), "{}", describe(&out));
-        let err = stderr(&out);
+        let err = stderr_of(&out);
         assert_eq!(err.lines().count(), 1, "{err}");
         assert!(
             err.contains("CaUsedAsEndEntity")
@@ -450,20 +444,16 @@ fn a_ca_certificate_as_the_relays_own_is_refused_with_what_to_do() {
         }
     });
     let token = write_token_file(tmp.path(), "any-token");
-    let mut cmd = Command::new(iap_ssh_bin());
-    hermetic_env(&mut cmd, tmp.path());
-    cmd.args([
-        "--endpoint",
-        &format!("wss://127.0.0.1:{port}"),
-        "--ca-file",
-    ])
-    .arg(&cert)
-    .arg("--access-token-file")
-    .arg(&token)
-    .args(["vm-1.zone-a.my-project", "22"]);
-    let out = run_with_timeout(&mut cmd, QUICK);
+    let out = run_with_timeout(
+        iap_ssh(tmp.path())
+            .endpoint(&format!("wss://127.0.0.1:{port}"))
+            .ca_file(&cert)
+            .token_file(&token)
+            .args(["vm-1.zone-a.my-project", "22"]),
+        QUICK,
+    );
     assert!(!out.status.success(), "{}", describe(&out));
-    let err = stderr(&out);
+    let err = stderr_of(&out);
     assert_eq!(err.lines().count(), 1, "{err}");
     assert!(
         err.starts_with("iap-ssh: ")

@@ -17,7 +17,7 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use common::*;
-use idp::{AUDIENCE, ISSUER, claims, jwt, now, signer, tokeninfo_endpoint, tokeninfo_toml};
+use idp::{AUDIENCE, ISSUER, claims, jwt, now, signer, tokeninfo_endpoint, tokeninfo_section};
 
 struct Rig {
     relay: Relay,
@@ -45,41 +45,32 @@ fn rig() -> Option<Rig> {
     let secrets = sshd.subdir("secrets");
     let jwt_file = write_token_file(&secrets, &token);
     let tokeninfo_file = write_token_file(&secrets, "ya29.tokeninfo-test-token");
-    let q = |s: &str| serde_json::to_string(s).unwrap();
-    let extra_toml = format!(
-        r#"[[jwt]]
-issuer = "{ISSUER}"
-audience = "{AUDIENCE}"
-jwks_file = {jwks}
-allowed_domains = ["example.com"]
-{tokeninfo}[[dest_groups]]
-project = "{PROJECT}"
-region = "test-region"
-name = "loopback"
-cidrs = ["127.0.0.0/8"]
-[[bindings]]
-role = "roles/iap.tunnelResourceAccessor"
-members = ["user:dev@example.com", "user:tina@example.com"]
-resource = "projects/{PROJECT}/zones/{ZONE}"
-ports = [{port}]
-[[bindings]]
-role = "roles/iap.tunnelResourceAccessor"
-members = ["user:dev@example.com"]
-resource = "projects/{PROJECT}/iap_tunnel/locations/test-region/destGroups/loopback"
-ports = [{port}]
-"#,
-        jwks = q(&jwks.display().to_string()),
-        tokeninfo = tokeninfo_toml(&tokeninfo_endpoint("ya29.tokeninfo-test-token")),
-        port = sshd.port,
-    );
+    let port = sshd.port;
     let relay = spawn_relay(&RelaySpec {
-        instances: vec![(
-            PROJECT.into(),
-            ZONE.into(),
-            INSTANCE.into(),
-            "127.0.0.1".into(),
-        )],
-        extra_toml,
+        jwt: vec![JwtIssuer::with_file(ISSUER, AUDIENCE, &jwks).domains(&["example.com"])],
+        tokeninfo: Some(tokeninfo_section(&tokeninfo_endpoint(
+            "ya29.tokeninfo-test-token",
+        ))),
+        dest_groups: vec![DestGroup {
+            project: PROJECT.into(),
+            region: "test-region".into(),
+            name: "loopback".into(),
+            cidrs: vec!["127.0.0.0/8".into()],
+            fqdns: vec![],
+        }],
+        bindings: vec![
+            Binding::new(
+                &["user:dev@example.com", "user:tina@example.com"],
+                &format!("projects/{PROJECT}/zones/{ZONE}"),
+            )
+            .ports(&[port]),
+            Binding::new(
+                &["user:dev@example.com"],
+                &format!("projects/{PROJECT}/iap_tunnel/locations/test-region/destGroups/loopback"),
+            )
+            .ports(&[port]),
+        ],
+        instances: vec![Instance::standard()],
         ..RelaySpec::default()
     });
     Some(Rig {

@@ -14,9 +14,8 @@ mod common;
 mod idp;
 
 use std::io::{BufRead, BufReader};
-use std::net::{SocketAddr, TcpListener as StdListener};
-use std::path::Path;
-use std::process::{Command, Stdio};
+use std::net::SocketAddr;
+use std::process::Stdio;
 use std::thread;
 use std::time::{Duration, Instant, SystemTime};
 
@@ -36,27 +35,15 @@ const STEP: Duration = Duration::from_secs(15);
 
 type Ws = WebSocketStream<TcpStream>;
 
-/// A backend that echoes every byte.
-fn echo_backend() -> u16 {
-    let listener = StdListener::bind("127.0.0.1:0").unwrap();
-    let port = listener.local_addr().unwrap().port();
-    thread::spawn(move || {
-        for s in listener.incoming().flatten() {
-            thread::spawn(move || {
-                let mut w = s.try_clone().unwrap();
-                let mut r = s;
-                let _ = std::io::copy(&mut r, &mut w);
-            });
-        }
-    });
-    port
+/// A plain `ws://` relay for [`PRINCIPAL`].
+fn spec() -> RelaySpec {
+    RelaySpec::standard(PRINCIPAL, TOKEN).plaintext()
 }
 
-/// A plain `ws://` relay for [`PRINCIPAL`] with `extra` TOML (top-level keys and tables).
-fn relay(extra: &str) -> Relay {
-    let mut spec = RelaySpec::standard(PRINCIPAL, TOKEN);
-    spec.tls = false;
-    spec.extra_toml = extra.to_owned();
+/// [`spec`] changed by `f`, running.
+fn relay(f: impl FnOnce(&mut RelaySpec)) -> Relay {
+    let mut spec = spec();
+    f(&mut spec);
     spawn_relay(&spec)
 }
 
@@ -143,69 +130,11 @@ async fn close_code(ws: &mut Ws, limit: Duration) -> Option<u16> {
     }
 }
 
-/// `(VmRSS, VmHWM)` of `pid` in KiB.
-fn rss_kib(pid: u32) -> (u64, u64) {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
-    let field = |name: &str| {
-        status
-            .lines()
-            .find_map(|l| l.strip_prefix(name))
-            .and_then(|v| v.split_whitespace().next())
-            .and_then(|v| v.parse().ok())
-            .unwrap_or(0)
-    };
-    (field("VmRSS:"), field("VmHWM:"))
-}
-
-fn signal(pid: u32, sig: rustix::process::Signal) {
-    rustix::process::kill_process(rustix::process::Pid::from_raw(pid as i32).unwrap(), sig)
-        .unwrap();
-}
-
-/// Waits until `text` appears `count` times in the relay's log.
-fn wait_for_log(relay: &Relay, text: &str, count: usize) {
-    let deadline = Instant::now() + STEP;
-    while relay.log().matches(text).count() < count {
-        assert!(
-            Instant::now() < deadline,
-            "{text:?} not logged {count} times:\n{}",
-            relay.log()
-        );
-        thread::sleep(Duration::from_millis(50));
-    }
-}
-
-fn audit_lines(path: &Path) -> Vec<serde_json::Value> {
-    std::fs::read_to_string(path)
-        .unwrap_or_default()
-        .lines()
-        .map(|l| serde_json::from_str(l).unwrap())
-        .collect()
-}
-
-fn q(s: &str) -> String {
-    serde_json::to_string(s).unwrap()
-}
-
-/// A TOML offset date-time (UTC) `secs` from now.
-fn toml_time_in(secs: u64) -> String {
-    iap_ssh::relay::audit::rfc3339(SystemTime::now() + Duration::from_secs(secs))
-}
-
-/// Raises this process's open-file limit as far as allowed (the relay inherits it).
-fn raise_nofile() -> u64 {
-    use rustix::process::{Resource, getrlimit, setrlimit};
-    let mut lim = getrlimit(Resource::Nofile);
-    lim.current = lim.maximum;
-    let _ = setrlimit(Resource::Nofile, lim);
-    getrlimit(Resource::Nofile).current.unwrap_or(u64::MAX)
-}
-
 /// A client that sends WebSocket pings and never reads: every ping makes the relay queue a
 /// pong it cannot send. The relay's memory stays bounded and it keeps serving others.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn ping_flood_without_reading_stays_bounded() {
-    let relay = relay("");
+    let relay = relay(|_| {});
     let echo_port = echo_backend();
     let mut honest = open(relay.addr, echo_port, TOKEN).await.unwrap();
     expect_sid(&mut honest).await;
@@ -299,11 +228,11 @@ fn ping_flood_from_a_relay_stays_bounded_in_iap_ssh() {
 
     let dir = tempfile::tempdir().unwrap();
     let token = write_token_file(dir.path(), "flood-token");
-    let mut cmd = Command::new(iap_ssh_bin());
-    hermetic_env(&mut cmd, dir.path());
-    cmd.args(["--endpoint", &format!("ws://{addr}"), "--access-token-file"])
-        .arg(&token)
-        .args(["--no-token-cache", "vm-1.zone-a.proj", "22"])
+    let mut cmd = iap_ssh(dir.path())
+        .endpoint(&format!("ws://{addr}"))
+        .token_file(&token)
+        .command();
+    cmd.args(["--no-token-cache", "vm-1.zone-a.proj", "22"])
         .stdin(Stdio::piped())
         .stdout(Stdio::null())
         .stderr(Stdio::null());
@@ -329,7 +258,10 @@ async fn idle_sockets_from_one_address_do_not_lock_others_out() {
     let nofile = raise_nofile();
     let n = 1200usize.min(nofile.saturating_sub(300) as usize / 2);
     // The defaults: 256 unfinished handshakes per address, 3 s to the first byte.
-    let relay = relay("[limits]\nmax_connections = 600\nhandshake_timeout_secs = 10\n");
+    let relay = relay(|s| {
+        s.limits.max_connections = Some(600);
+        s.limits.handshake_timeout_secs = Some(10);
+    });
     let echo_port = echo_backend();
     let (before, _) = rss_kib(relay.pid());
     let mut idle = Vec::new();
@@ -380,10 +312,11 @@ async fn memory_budget_refuses_what_does_not_fit() {
     let dir = tempfile::tempdir().unwrap();
     let audit = dir.path().join("audit.jsonl");
     // 1 MiB of unacknowledged data and 768 KiB of other buffers: two sessions fit in 4 MiB.
-    let relay = relay(&format!(
-        "audit_log = {}\n[limits]\nmemory_budget_mib = 4\nresume_window_secs = 2\n",
-        q(&audit.display().to_string())
-    ));
+    let relay = relay(|s| {
+        s.audit_log = Some(audit.clone());
+        s.limits.memory_budget_mib = Some(4);
+        s.limits.resume_window_secs = Some(2);
+    });
     let echo_port = echo_backend();
     let mut a = open(relay.addr, echo_port, TOKEN).await.unwrap();
     expect_sid(&mut a).await;
@@ -409,9 +342,9 @@ async fn memory_budget_refuses_what_does_not_fit() {
     echo(&mut c, b"fits").await;
     // A lost connection parks its session, which keeps its share until the window ends.
     drop(b);
-    wait_for_log(&relay, "session parked for resume", 1);
+    relay.wait_for_log("session parked for resume", 1);
     assert!(open(relay.addr, echo_port, TOKEN).await.is_err());
-    wait_for_log(&relay, "resume window ended", 1);
+    relay.wait_for_log("resume window ended", 1);
     let mut d = open(relay.addr, echo_port, TOKEN)
         .await
         .expect("room again after the resume window");
@@ -422,7 +355,7 @@ async fn memory_budget_refuses_what_does_not_fit() {
 /// the budget, and the rest are refused.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn clients_that_never_read_cost_at_most_the_budget() {
-    let relay = relay("[limits]\nmemory_budget_mib = 48\n");
+    let relay = relay(|s| s.limits.memory_budget_mib = Some(48));
     let echo_port = echo_backend();
     let (before, _) = rss_kib(relay.pid());
     let chunk = Frame::Data(&[7u8; 16 * 1024]).to_bytes();
@@ -471,18 +404,13 @@ async fn clients_that_never_read_cost_at_most_the_budget() {
 async fn a_binding_that_expires_ends_its_sessions() {
     let dir = tempfile::tempdir().unwrap();
     let audit = dir.path().join("audit.jsonl");
-    let mut spec = RelaySpec::standard(PRINCIPAL, TOKEN);
-    spec.tls = false;
-    spec.bindings.clear();
-    spec.extra_toml = format!(
-        "audit_log = {}\n[[bindings]]\nrole = {}\nmembers = [{}]\nresource = {}\nexpires = {}\n",
-        q(&audit.display().to_string()),
-        q(TUNNEL_ROLE),
-        q(PRINCIPAL),
-        q(&format!("projects/{PROJECT}")),
-        toml_time_in(3)
-    );
-    let relay = spawn_relay(&spec);
+    let relay = relay(|s| {
+        s.audit_log = Some(audit.clone());
+        s.bindings = vec![
+            Binding::new(&[PRINCIPAL], &format!("projects/{PROJECT}"))
+                .expires_at(SystemTime::now() + Duration::from_secs(3)),
+        ];
+    });
     let echo_port = echo_backend();
     let mut ws = open(relay.addr, echo_port, TOKEN).await.unwrap();
     let sid = expect_sid(&mut ws).await;
@@ -511,23 +439,14 @@ async fn a_binding_that_expires_ends_its_sessions() {
 /// SIGHUP with a static token removed (its binding kept) ends the token's live sessions.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn removing_a_static_token_ends_its_sessions() {
-    let relay = relay("");
+    let relay = relay(|_| {});
     let echo_port = echo_backend();
     let mut ws = open(relay.addr, echo_port, TOKEN).await.unwrap();
     expect_sid(&mut ws).await;
     echo(&mut ws, b"before the reload").await;
-    let config = std::fs::read_to_string(&relay.config_path).unwrap();
-    let start = config.find("[[static_tokens]]").unwrap();
-    let end = config[start..]
-        .find("\n\n")
-        .map_or(config.len(), |e| start + e);
-    std::fs::write(
-        &relay.config_path,
-        format!("{}{}", &config[..start], &config[end..]),
-    )
-    .unwrap();
-    signal(relay.pid(), rustix::process::Signal::HUP);
-    wait_for_log(&relay, "configuration reloaded", 1);
+    let mut without_token = spec();
+    without_token.tokens.clear();
+    relay.reload(&without_token);
     assert_eq!(
         close_code(&mut ws, Duration::from_secs(5)).await,
         Some(4033)
@@ -539,7 +458,7 @@ async fn removing_a_static_token_ends_its_sessions() {
 /// decided against the new configuration: no working session.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_handshake_pending_across_a_reload_is_decided_by_the_new_configuration() {
-    let relay = relay("");
+    let relay = relay(|_| {});
     let echo_port = echo_backend();
     let mut tcp = TcpStream::connect(relay.addr).await.unwrap();
     let head = format!(
@@ -548,11 +467,13 @@ async fn a_handshake_pending_across_a_reload_is_decided_by_the_new_configuration
     );
     tcp.write_all(head.as_bytes()).await.unwrap();
     // Revoke everything for this caller while its request head is unfinished.
-    let config = std::fs::read_to_string(&relay.config_path).unwrap();
-    let start = config.find("[[static_tokens]]").unwrap();
-    std::fs::write(&relay.config_path, &config[..start]).unwrap();
-    signal(relay.pid(), rustix::process::Signal::HUP);
-    wait_for_log(&relay, "configuration reloaded", 1);
+    let revoked = RelaySpec {
+        tokens: vec![],
+        instances: vec![],
+        bindings: vec![],
+        ..spec()
+    };
+    relay.reload(&revoked);
     tcp.write_all(b"\r\n").await.unwrap();
     // Whatever comes back (a refusal, or an upgrade followed by a close), no session id
     // may arrive.
@@ -576,17 +497,18 @@ async fn a_handshake_pending_across_a_reload_is_decided_by_the_new_configuration
 async fn parked_sessions_are_closed_at_shutdown() {
     let dir = tempfile::tempdir().unwrap();
     let audit = dir.path().join("audit.jsonl");
-    let mut relay = relay(&format!(
-        "audit_log = {}\n[limits]\nresume_window_secs = 600\ndrain_secs = 1\n",
-        q(&audit.display().to_string())
-    ));
+    let mut relay = relay(|s| {
+        s.audit_log = Some(audit.clone());
+        s.limits.resume_window_secs = Some(600);
+        s.limits.drain_secs = Some(1);
+    });
     let echo_port = echo_backend();
     let mut ws = open(relay.addr, echo_port, TOKEN).await.unwrap();
     let sid = expect_sid(&mut ws).await;
     echo(&mut ws, b"then the client vanishes").await;
     drop(ws);
-    wait_for_log(&relay, "session parked for resume", 1);
-    signal(relay.pid(), rustix::process::Signal::TERM);
+    relay.wait_for_log("session parked for resume", 1);
+    relay.signal(rustix::process::Signal::TERM);
     let deadline = Instant::now() + STEP;
     while relay.is_running() {
         assert!(Instant::now() < deadline, "relay still running");
@@ -607,12 +529,13 @@ async fn client_strings_cannot_forge_log_lines() {
     let dir = tempfile::tempdir().unwrap();
     let signer = idp::signer("k1");
     std::fs::write(dir.path().join("jwks.json"), &signer.jwks).unwrap();
-    let relay = relay(&format!(
-        "[[jwt]]\nissuer = {}\naudience = {}\njwks_file = {}\n",
-        q(idp::ISSUER),
-        q(idp::AUDIENCE),
-        q(&dir.path().join("jwks.json").display().to_string())
-    ));
+    let relay = relay(|s| {
+        s.jwt = vec![JwtIssuer::with_file(
+            idp::ISSUER,
+            idp::AUDIENCE,
+            dir.path().join("jwks.json"),
+        )];
+    });
     let echo_port = echo_backend();
 
     // A bidi override in the network name of a host-mode request.

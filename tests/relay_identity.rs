@@ -1,5 +1,5 @@
-//! Identity checks of iap-relay against a hostile user, through real sockets and the real
-//! binary: token-info tokens issued to other OAuth apps or without the scope, lookup
+//! Identity checks of iap-relay against a hostile user, through real sockets (the relay served
+//! in this process; `--check-config` runs the binary): token-info tokens issued to other OAuth apps or without the scope, lookup
 //! amplification with random tokens, unverified JWT emails, one issuer asserting another's
 //! users, fractional `exp`, and a slow JWKS URL that must not hold up logins with known keys.
 #![allow(
@@ -28,14 +28,10 @@ use iap_ssh::frame::Frame;
 use iap_ssh::wire::{SUBPROTOCOL, tls_config};
 use idp::{
     AUDIENCE, CLIENT_ID, CLOUD_PLATFORM, ISSUER, Signer, claims, jwt, now, signer,
-    tokeninfo_answer, tokeninfo_server, tokeninfo_toml,
+    tokeninfo_answer, tokeninfo_section, tokeninfo_server,
 };
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio_tungstenite::tungstenite::Message;
-
-fn q(s: &str) -> String {
-    serde_json::to_string(s).unwrap()
-}
 
 fn query() -> String {
     format!(
@@ -43,27 +39,34 @@ fn query() -> String {
     )
 }
 
-/// A plain `ws://` relay with an audit log, the test instance, and `extra` configuration.
-fn relay_with(extra: &str, members: &[&str]) -> (Relay, PathBuf, tempfile::TempDir) {
+/// A plain `ws://` relay served in this process with an audit log, the test instance granted
+/// to `members`, and the identity sources and limits of `spec`.
+fn relay_with(spec: RelaySpec, members: &[&str]) -> (RelayGuard, PathBuf, tempfile::TempDir) {
     let dir = tempfile::tempdir().unwrap();
     let audit = dir.path().join("audit.jsonl");
     let spec = RelaySpec {
-        instances: vec![(
-            PROJECT.into(),
-            ZONE.into(),
-            INSTANCE.into(),
-            "127.0.0.1".into(),
-        )],
-        bindings: vec![(
-            members.iter().map(|m| (*m).to_owned()).collect(),
-            format!("projects/{PROJECT}"),
-            None,
-        )],
-        extra_toml: format!("audit_log = {}\n{extra}", q(&audit.display().to_string())),
-        tls: false,
-        ..RelaySpec::default()
+        instances: vec![Instance::standard()],
+        bindings: vec![Binding::new(members, &format!("projects/{PROJECT}"))],
+        audit_log: Some(audit.clone()),
+        ..spec.plaintext()
     };
-    (spawn_relay(&spec), audit, dir)
+    (spawn_relay_in_process(&spec), audit, dir)
+}
+
+/// A spec with only `jwt`.
+fn jwt_spec(jwt: Vec<JwtIssuer>) -> RelaySpec {
+    RelaySpec {
+        jwt,
+        ..RelaySpec::default()
+    }
+}
+
+/// A spec with only `[tokeninfo]`.
+fn tokeninfo_spec(tokeninfo: TokenInfo) -> RelaySpec {
+    RelaySpec {
+        tokeninfo: Some(tokeninfo),
+        ..RelaySpec::default()
+    }
 }
 
 /// The HTTP status of a WebSocket upgrade to `/v4/connect` with `token`, sent from `from`:
@@ -114,10 +117,8 @@ fn localhost() -> IpAddr {
 }
 
 fn audit_reasons(path: &Path) -> Vec<String> {
-    std::fs::read_to_string(path)
-        .unwrap_or_default()
-        .lines()
-        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+    audit_lines(path)
+        .into_iter()
         .filter_map(|l| l["reason"].as_str().map(str::to_owned))
         .collect()
 }
@@ -196,8 +197,10 @@ fn tokeninfo_accepts_only_allowed_clients_with_the_required_scope() {
         ),
         ("ti-unverified".into(), unverified),
     ]);
-    let (relay, audit, _dir) =
-        relay_with(&tokeninfo_toml(&endpoint.url), &["user:tina@example.com"]);
+    let (relay, audit, _dir) = relay_with(
+        tokeninfo_spec(tokeninfo_section(&endpoint.url)),
+        &["user:tina@example.com"],
+    );
     let rows = [
         ("ti-good", 101, ""),
         ("ti-aud-only", 101, ""),
@@ -218,18 +221,26 @@ fn tokeninfo_accepts_only_allowed_clients_with_the_required_scope() {
     });
     assert!(!relay.log().contains("ti-"), "a token in the log");
 
-    let url = q(&endpoint.url);
+    let url = Some(endpoint.url.clone());
     for (table, setting) in [
         (
-            format!("[tokeninfo]\nurl = {url}\nrequired_scopes = [\"{CLOUD_PLATFORM}\"]\n"),
+            TokenInfo {
+                url: url.clone(),
+                required_scopes: vec![CLOUD_PLATFORM.into()],
+                ..TokenInfo::default()
+            },
             "allowed_client_ids",
         ),
         (
-            format!("[tokeninfo]\nurl = {url}\nallowed_client_ids = [\"{CLIENT_ID}\"]\n"),
+            TokenInfo {
+                url: url.clone(),
+                allowed_client_ids: vec![CLIENT_ID.into()],
+                ..TokenInfo::default()
+            },
             "required_scopes",
         ),
     ] {
-        let err = check_config(&format!("listen = \"127.0.0.1:0\"\n{table}")).unwrap_err();
+        let err = check_config(&tokeninfo_spec(table).to_toml(None)).unwrap_err();
         assert!(
             err.contains(&format!("[tokeninfo]: {setting} must list")),
             "{err}"
@@ -251,8 +262,10 @@ fn tokeninfo_lookups_are_bounded_per_address() {
             &format!("openid {CLOUD_PLATFORM}"),
         ),
     )]);
-    let (relay, audit, _dir) =
-        relay_with(&tokeninfo_toml(&endpoint.url), &["user:tina@example.com"]);
+    let (relay, audit, _dir) = relay_with(
+        tokeninfo_spec(tokeninfo_section(&endpoint.url)),
+        &["user:tina@example.com"],
+    );
     let attacker = localhost();
     let honest = IpAddr::from([127, 0, 0, 2]);
     let random = 300;
@@ -264,7 +277,8 @@ fn tokeninfo_lookups_are_bounded_per_address() {
             let tasks: Vec<_> = (0..20)
                 .map(|i| {
                     let token = format!("ti-random-{batch}-{i}-{}", random_hex(16));
-                    tokio::spawn(async move { upgrade_status(relay.addr, attacker, &token).await })
+                    let addr = relay.addr;
+                    tokio::spawn(async move { upgrade_status(addr, attacker, &token).await })
                 })
                 .collect();
             for t in tasks {
@@ -295,14 +309,6 @@ fn tokeninfo_lookups_are_bounded_per_address() {
     });
 }
 
-fn jwt_issuer(issuer: &str, jwks: &Path, limit: &str) -> String {
-    format!(
-        "[[jwt]]\nissuer = {}\naudience = \"{AUDIENCE}\"\njwks_file = {}\n{limit}\n",
-        q(issuer),
-        q(&jwks.display().to_string())
-    )
-}
-
 /// A JWT whose `email` the issuer has not verified does not name that user.
 #[test]
 fn jwt_email_must_be_verified() {
@@ -310,7 +316,10 @@ fn jwt_email_must_be_verified() {
     let s = signer("k1");
     let jwks = dir.path().join("jwks.json");
     std::fs::write(&jwks, &s.jwks).unwrap();
-    let (relay, audit, _d) = relay_with(&jwt_issuer(ISSUER, &jwks, ""), &["user:dev@example.com"]);
+    let (relay, audit, _d) = relay_with(
+        jwt_spec(vec![JwtIssuer::with_file(ISSUER, AUDIENCE, &jwks)]),
+        &["user:dev@example.com"],
+    );
     let t = now();
     let token = |verified: Option<serde_json::Value>| {
         let mut c = claims("dev@example.com", ISSUER, AUDIENCE, t + 600, t - 10);
@@ -348,17 +357,12 @@ fn an_issuer_asserts_only_its_own_domains() {
     std::fs::write(&corp_jwks, &corp.jwks).unwrap();
     std::fs::write(&ci_jwks, &ci.jwks).unwrap();
     let ci_issuer = "https://ci.test";
-    let extra = format!(
-        "{}{}",
-        jwt_issuer(ISSUER, &corp_jwks, "allowed_domains = [\"example.com\"]"),
-        jwt_issuer(
-            ci_issuer,
-            &ci_jwks,
-            "allowed_domains = [\"ci.example.com\"]"
-        ),
-    );
+    let extra = jwt_spec(vec![
+        JwtIssuer::with_file(ISSUER, AUDIENCE, &corp_jwks).domains(&["example.com"]),
+        JwtIssuer::with_file(ci_issuer, AUDIENCE, &ci_jwks).domains(&["ci.example.com"]),
+    ]);
     let (relay, audit, _d) = relay_with(
-        &extra,
+        extra,
         &["domain:example.com", "user:builder@ci.example.com"],
     );
     let t = now();
@@ -412,12 +416,11 @@ fn an_issuer_asserts_only_its_own_domains() {
     });
     wait_for_reason(&audit, "identity_outside_issuer");
 
-    let unconfined = format!(
-        "listen = \"127.0.0.1:0\"\n{}{}",
-        jwt_issuer(ISSUER, Path::new("jwks.json"), ""),
-        jwt_issuer(ci_issuer, Path::new("jwks.json"), "")
-    );
-    let err = check_config(&unconfined).unwrap_err();
+    let unconfined = jwt_spec(vec![
+        JwtIssuer::with_file(ISSUER, AUDIENCE, "jwks.json"),
+        JwtIssuer::with_file(ci_issuer, AUDIENCE, "jwks.json"),
+    ]);
+    let err = check_config(&unconfined.to_toml(None)).unwrap_err();
     assert!(err.contains("set allowed_domains"), "{err}");
     assert_eq!(err.lines().count(), 1, "{err}");
 }
@@ -441,7 +444,10 @@ fn fractional_exp_ends_the_session_with_4004() {
             });
         }
     });
-    let (relay, _audit, _d) = relay_with(&jwt_issuer(ISSUER, &jwks, ""), &["user:dev@example.com"]);
+    let (relay, _audit, _d) = relay_with(
+        jwt_spec(vec![JwtIssuer::with_file(ISSUER, AUDIENCE, &jwks)]),
+        &["user:dev@example.com"],
+    );
     let t = now();
     let with = |name: &str, value: serde_json::Value| {
         let mut c = claims("dev@example.com", ISSUER, AUDIENCE, t + 600, t - 10);
@@ -522,17 +528,16 @@ fn slow_jwks(first: String, later: String, delay: Duration) -> (String, Arc<Atom
     (url, fetches)
 }
 
-fn jwks_url_issuer(url: &str) -> String {
-    format!("[[jwt]]\nissuer = \"{ISSUER}\"\naudience = \"{AUDIENCE}\"\njwks_url = \"{url}\"\n")
-}
-
 /// A JWKS URL that answers slowly: tokens with random `kid`s make the relay refetch it, and
 /// meanwhile a token with a known `kid` is verified at once. One refetch runs at a time.
 #[test]
 fn a_slow_jwks_refetch_does_not_hold_up_known_keys() {
     let s = signer("k1");
     let (url, fetches) = slow_jwks(s.jwks.clone(), s.jwks.clone(), Duration::from_secs(8));
-    let (relay, _audit, _d) = relay_with(&jwks_url_issuer(&url), &["user:dev@example.com"]);
+    let (relay, _audit, _d) = relay_with(
+        jwt_spec(vec![JwtIssuer::with_url(ISSUER, AUDIENCE, &url)]),
+        &["user:dev@example.com"],
+    );
     let t = now();
     let token = |kid: &str| {
         jwt(
@@ -545,7 +550,8 @@ fn a_slow_jwks_refetch_does_not_hold_up_known_keys() {
         let garbage: Vec<_> = (0..5)
             .map(|_| {
                 let token = token(&format!("random-{}", random_hex(8)));
-                tokio::spawn(async move { upgrade_status(relay.addr, localhost(), &token).await })
+                let addr = relay.addr;
+                tokio::spawn(async move { upgrade_status(addr, localhost(), &token).await })
             })
             .collect();
         // Let the refetch start.
@@ -591,11 +597,9 @@ fn a_refetch_outlives_the_handshake_that_started_it() {
         |s: &Signer| serde_json::from_str::<serde_json::Value>(&s.jwks).unwrap()["keys"][0].clone();
     let rotated = serde_json::json!({"keys": [key(&first), key(&second)]}).to_string();
     let (url, fetches) = slow_jwks(first.jwks.clone(), rotated, Duration::from_secs(3));
-    let extra = format!(
-        "{}[limits]\nhandshake_timeout_secs = 1\n",
-        jwks_url_issuer(&url)
-    );
-    let (relay, _audit, _d) = relay_with(&extra, &["user:dev@example.com"]);
+    let extra = jwt_spec(vec![JwtIssuer::with_url(ISSUER, AUDIENCE, &url)])
+        .limits(|l| l.handshake_timeout_secs = Some(1));
+    let (relay, _audit, _d) = relay_with(extra, &["user:dev@example.com"]);
     let t = now();
     let token = jwt(
         &second,

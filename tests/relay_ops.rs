@@ -1,6 +1,7 @@
 //! Running iap-relay in production: the admin endpoint (health and Prometheus metrics), a
 //! SIGTERM drain with a live tunnel, and plain `ws://` behind a TLS-terminating proxy where
-//! `X-Forwarded-For` is believed only from configured proxy addresses.
+//! `X-Forwarded-For` is believed only from configured proxy addresses. Signals go to the
+//! `iap-relay` binary; the other tests serve the relay in this process.
 #![allow(
     clippy::unwrap_used,
     clippy::expect_used,
@@ -10,8 +11,8 @@
 
 mod common;
 
-use std::io::{Read, Write};
-use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::io::Write;
+use std::net::SocketAddr;
 use std::thread;
 use std::time::{Duration, Instant};
 
@@ -25,44 +26,6 @@ use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 
 const TOKEN: &str = "ops-test-token-0123456789";
-
-fn echo_backend() -> u16 {
-    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
-    let port = listener.local_addr().unwrap().port();
-    thread::spawn(move || {
-        for s in listener.incoming().flatten() {
-            thread::spawn(move || {
-                let mut w = s.try_clone().unwrap();
-                let mut r = s;
-                let _ = std::io::copy(&mut r, &mut w);
-            });
-        }
-    });
-    port
-}
-
-fn http_get(addr: SocketAddr, path: &str) -> String {
-    let mut s = TcpStream::connect(addr).unwrap();
-    s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
-    write!(s, "GET {path} HTTP/1.1\r\nHost: admin\r\n\r\n").unwrap();
-    let mut out = String::new();
-    let _ = s.read_to_string(&mut out);
-    out
-}
-
-fn dialer(relay: &Relay) -> Dialer {
-    Dialer {
-        endpoint: Endpoint::parse(&relay.url).unwrap(),
-        tls: tls_config(relay.pki.as_ref().map(|p| p.ca_pem.as_path())).unwrap(),
-        user_agent: "ops-test".into(),
-    }
-}
-
-fn query(port: u16) -> String {
-    format!(
-        "project={PROJECT}&port={port}&newWebsocket=True&zone={ZONE}&instance={INSTANCE}&interface=nic0"
-    )
-}
 
 async fn echo_once(ws: &mut iap_ssh::client::dial::RelaySocket, text: &[u8]) {
     ws.send(Message::Binary(Frame::Data(text).to_bytes()))
@@ -86,8 +49,8 @@ async fn echo_once(ws: &mut iap_ssh::client::dial::RelaySocket, text: &[u8]) {
 fn admin_endpoint_health_metrics_and_sigterm_drain() {
     let admin_port = free_port();
     let mut spec = RelaySpec::standard("user:alice@example.com", TOKEN);
-    spec.extra_toml =
-        format!("admin_listen = \"127.0.0.1:{admin_port}\"\n[limits]\ndrain_secs = 30\n");
+    spec.admin_listen = Some(([127, 0, 0, 1], admin_port).into());
+    spec.limits.drain_secs = Some(30);
     let mut relay = spawn_relay(&spec);
     let admin: SocketAddr = ([127, 0, 0, 1], admin_port).into();
     let backend = echo_backend();
@@ -104,19 +67,23 @@ fn admin_endpoint_health_metrics_and_sigterm_drain() {
         .build()
         .unwrap();
     rt.block_on(async {
-        let d = dialer(&relay);
+        let d = dialer(&relay, "ops-test");
         // One refused credential, one live tunnel.
         assert!(
             d.open(
                 "connect",
-                &query(backend),
+                &connect_query(backend),
                 &Token::new("wrong-token").unwrap()
             )
             .await
             .is_err()
         );
         let mut ws = d
-            .open("connect", &query(backend), &Token::new(TOKEN).unwrap())
+            .open(
+                "connect",
+                &connect_query(backend),
+                &Token::new(TOKEN).unwrap(),
+            )
             .await
             .unwrap();
         assert!(matches!(ws.next().await, Some(Ok(Message::Binary(_)))));
@@ -134,8 +101,7 @@ fn admin_endpoint_health_metrics_and_sigterm_drain() {
         }
 
         // SIGTERM: health turns 503, new sessions are refused, the live one carries on.
-        let pid = rustix::process::Pid::from_raw(relay.pid() as i32).unwrap();
-        rustix::process::kill_process(pid, rustix::process::Signal::TERM).unwrap();
+        relay.signal(rustix::process::Signal::TERM);
         let started = Instant::now();
         loop {
             let h = tokio::task::spawn_blocking(move || http_get(admin, "/healthz"))
@@ -148,7 +114,11 @@ fn admin_endpoint_health_metrics_and_sigterm_drain() {
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
         match d
-            .open("connect", &query(backend), &Token::new(TOKEN).unwrap())
+            .open(
+                "connect",
+                &connect_query(backend),
+                &Token::new(TOKEN).unwrap(),
+            )
             .await
         {
             Err(e) => assert!(e.message.contains("503"), "{}", e.message),
@@ -171,8 +141,8 @@ fn admin_endpoint_health_metrics_and_sigterm_drain() {
 }
 
 /// Opens a ws:// tunnel to `relay` claiming `forwarded` in X-Forwarded-For.
-async fn open_forwarded(relay: &Relay, backend: u16, forwarded: &str) {
-    let url = format!("{}/v4/connect?{}", relay.url, query(backend));
+async fn open_forwarded(relay: &RelayEndpoint, backend: u16, forwarded: &str) {
+    let url = format!("{}/v4/connect?{}", relay.url, connect_query(backend));
     let mut req = url.as_str().into_client_request().unwrap();
     let h = req.headers_mut();
     h.insert("Authorization", format!("Bearer {TOKEN}").parse().unwrap());
@@ -188,10 +158,8 @@ async fn open_forwarded(relay: &Relay, backend: u16, forwarded: &str) {
 }
 
 fn audit_clients(path: &std::path::Path) -> Vec<String> {
-    std::fs::read_to_string(path)
-        .unwrap_or_default()
-        .lines()
-        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+    audit_lines(path)
+        .into_iter()
         .filter(|v| v["event"] == "connect")
         .map(|v| v["client"].as_str().unwrap_or("").to_owned())
         .collect()
@@ -201,15 +169,13 @@ fn audit_clients(path: &std::path::Path) -> Vec<String> {
 fn forwarded_for_is_believed_only_from_trusted_proxies() {
     let backend = echo_backend();
     let dir = tempfile::tempdir().unwrap();
-    for (trusted, expected) in [("[\"127.0.0.1\"]", "203.0.113.7"), ("[]", "127.0.0.1")] {
+    for (trusted, expected) in [(&["127.0.0.1"][..], "203.0.113.7"), (&[], "127.0.0.1")] {
         let audit = dir.path().join(format!("audit-{}.jsonl", expected));
-        let mut spec = RelaySpec::standard("user:alice@example.com", TOKEN);
-        spec.tls = false;
-        spec.extra_toml = format!(
-            "trusted_proxies = {trusted}\naudit_log = {}\n",
-            serde_json::to_string(&audit.display().to_string()).unwrap()
-        );
-        let relay = spawn_relay(&spec);
+        let mut spec = RelaySpec::standard("user:alice@example.com", TOKEN)
+            .plaintext()
+            .audit_log(&audit);
+        spec.trusted_proxies = trusted.iter().map(|t| (*t).to_owned()).collect();
+        let relay = spawn_relay_in_process(&spec);
         assert!(relay.url.starts_with("ws://"), "{}", relay.url);
         let rt = tokio::runtime::Builder::new_current_thread()
             .enable_all()
@@ -225,7 +191,7 @@ fn forwarded_for_is_believed_only_from_trusted_proxies() {
         assert_eq!(
             audit_clients(&audit),
             vec![expected.to_owned()],
-            "trusted_proxies = {trusted}"
+            "trusted_proxies = {trusted:?}"
         );
     }
 }
@@ -239,18 +205,19 @@ fn idle_timeout_and_maximum_session_length() {
         ("idle_timeout_secs = 1", "idle timeout"),
         ("max_session_secs = 2", "1008"),
     ] {
-        let mut spec = RelaySpec::standard("user:alice@example.com", TOKEN);
-        spec.extra_toml = format!("[limits]\n{limits}\n");
-        let relay = spawn_relay(&spec);
+        let spec = RelaySpec::standard("user:alice@example.com", TOKEN).limits(|l| {
+            if limits.starts_with("idle") {
+                l.idle_timeout_secs = Some(1);
+            } else {
+                l.max_session_secs = Some(2);
+            }
+        });
+        let relay = spawn_relay_in_process(&spec);
         let dir = tempfile::tempdir().unwrap();
         let token_file = write_token_file(dir.path(), TOKEN);
-        let mut child = std::process::Command::new(iap_ssh_bin())
-            .arg("--endpoint")
-            .arg(&relay.url)
-            .arg("--ca-file")
-            .arg(relay.ca_pem())
-            .arg("--access-token-file")
-            .arg(&token_file)
+        let mut child = iap_ssh(dir.path())
+            .relay(&relay)
+            .token_file(&token_file)
             .args([dotted_host(), backend.to_string()])
             .stdin(std::process::Stdio::piped())
             .stdout(std::process::Stdio::piped())
@@ -308,17 +275,8 @@ fn sighup_reloads_the_certificate() {
     let dir = relay.config_path.parent().unwrap();
     std::fs::copy(&fresh.cert_pem, dir.join("relay-cert.pem")).unwrap();
     std::fs::copy(&fresh.key_pem, dir.join("relay-key.pem")).unwrap();
-    let pid = rustix::process::Pid::from_raw(relay.pid() as i32).unwrap();
-    rustix::process::kill_process(pid, rustix::process::Signal::HUP).unwrap();
-    let started = Instant::now();
-    while !relay.log().contains("configuration reloaded") {
-        assert!(
-            started.elapsed() < Duration::from_secs(10),
-            "{}",
-            relay.log()
-        );
-        thread::sleep(Duration::from_millis(20));
-    }
+    relay.signal(rustix::process::Signal::HUP);
+    relay.wait_for_log("configuration reloaded", 1);
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -331,12 +289,15 @@ fn sighup_reloads_the_certificate() {
         };
         let token = Token::new(TOKEN).unwrap();
         let mut ws = dial(fresh.ca_pem.clone())
-            .open("connect", &query(backend), &token)
+            .open("connect", &connect_query(backend), &token)
             .await
             .expect("the new certificate is served");
         assert!(matches!(ws.next().await, Some(Ok(Message::Binary(_)))));
         // The test machine's own roots do not include either test CA, so only the old CA is trusted here.
-        match dial(old_ca).open("connect", &query(backend), &token).await {
+        match dial(old_ca)
+            .open("connect", &connect_query(backend), &token)
+            .await
+        {
             Err(e) => assert!(e.message.contains("TLS handshake"), "{}", e.message),
             Ok(_) => panic!("the old certificate is still served"),
         }

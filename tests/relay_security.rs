@@ -1,7 +1,7 @@
 //! iap-relay as a front door: the security matrix (every way a credential or a request can be
 //! wrong, each refused with the right status or close code and an audit line), reload with
 //! revocation under a live session, limits, 1,000 concurrent tunnels, and no token anywhere
-//! in logs.
+//! in logs. The relay runs in this process, except for reload, which signals the binary.
 #![allow(
     clippy::unwrap_used,
     clippy::expect_used,
@@ -23,80 +23,53 @@ use base64::Engine;
 use common::*;
 use futures_util::{SinkExt, StreamExt};
 use iap_ssh::client::auth::Token;
-use iap_ssh::client::dial::{Dialer, Endpoint};
 use iap_ssh::close::ExitKind;
 use iap_ssh::frame::Frame;
 use iap_ssh::wire::tls_config;
 use idp::{
-    AUDIENCE, ISSUER, Signer, b64, claims, jwt, now, signer, tokeninfo_endpoint, tokeninfo_toml,
+    AUDIENCE, ISSUER, Signer, b64, claims, jwt, now, signer, tokeninfo_endpoint, tokeninfo_section,
 };
 use jsonwebtoken::{Algorithm, EncodingKey, Header};
 use tokio_tungstenite::tungstenite::Message;
 
-struct Setup {
-    relay: Relay,
+struct Setup<R> {
+    relay: R,
     dir: tempfile::TempDir,
     signer: Signer,
     echo_port: u16,
     audit: PathBuf,
 }
 
-/// A relay with every method and a policy exercising every condition.
-fn setup(extra: &str) -> Setup {
+/// A relay with every method and a policy exercising every condition, with `limits`.
+fn spec(limits: Limits) -> Setup<RelaySpec> {
     let dir = tempfile::tempdir().unwrap();
     let signer = signer("k1");
     std::fs::write(dir.path().join("jwks.json"), &signer.jwks).unwrap();
-    let echo = TcpListener::bind("127.0.0.1:0").unwrap();
-    let echo_port = echo.local_addr().unwrap().port();
-    thread::spawn(move || {
-        for s in echo.incoming().flatten() {
-            thread::spawn(move || {
-                let mut w = s.try_clone().unwrap();
-                let mut r = s;
-                let _ = std::io::copy(&mut r, &mut w);
-            });
-        }
-    });
+    let echo_port = echo_backend();
     let audit = dir.path().join("audit.jsonl");
     let tokeninfo = tokeninfo_endpoint("ti-good-token-123");
-    let q = |s: &str| serde_json::to_string(s).unwrap();
-    let extra_toml = format!(
-        r#"audit_log = {audit}
-{extra}
-[[jwt]]
-issuer = "{ISSUER}"
-audience = "{AUDIENCE}"
-jwks_file = {jwks}
-allowed_domains = ["example.com"]
-{tokeninfo}[[groups]]
-name = "group:ops"
-members = ["user:jwt-user@example.com", "user:tina@example.com"]
-[[dest_groups]]
-project = "{PROJECT}"
-region = "test-region"
-name = "loopback"
-cidrs = ["127.0.0.0/8"]
-fqdns = ["localhost", "outside.invalid"]
-[[bindings]]
-role = "roles/iap.tunnelResourceAccessor"
-members = ["user:alice@example.com", "group:ops"]
-resource = "projects/{PROJECT}"
-ports = [{echo_port}]
-[[bindings]]
-role = "roles/iap.tunnelResourceAccessor"
-members = ["user:alice@example.com"]
-resource = "projects/{PROJECT}/iap_tunnel/locations/test-region/destGroups/loopback"
-[[bindings]]
-role = "roles/iap.tunnelResourceAccessor"
-members = ["user:old@example.com"]
-resource = "projects/{PROJECT}"
-expires = 2020-01-01T00:00:00Z
-"#,
-        audit = q(&audit.display().to_string()),
-        jwks = q(&dir.path().join("jwks.json").display().to_string()),
-        tokeninfo = tokeninfo_toml(&tokeninfo),
-    );
     let spec = RelaySpec {
+        audit_log: Some(audit.clone()),
+        limits,
+        jwt: vec![
+            JwtIssuer::with_file(ISSUER, AUDIENCE, dir.path().join("jwks.json"))
+                .domains(&["example.com"]),
+        ],
+        tokeninfo: Some(tokeninfo_section(&tokeninfo)),
+        groups: vec![(
+            "group:ops".into(),
+            vec![
+                "user:jwt-user@example.com".into(),
+                "user:tina@example.com".into(),
+            ],
+        )],
+        dest_groups: vec![DestGroup {
+            project: PROJECT.into(),
+            region: "test-region".into(),
+            name: "loopback".into(),
+            cidrs: vec!["127.0.0.0/8".into()],
+            fqdns: vec!["localhost".into(), "outside.invalid".into()],
+        }],
         tokens: vec![
             ("user:alice@example.com".into(), "static-alice-token".into()),
             (
@@ -105,22 +78,40 @@ expires = 2020-01-01T00:00:00Z
             ),
             ("user:old@example.com".into(), "static-old-token".into()),
         ],
-        instances: vec![(
-            PROJECT.into(),
-            ZONE.into(),
-            INSTANCE.into(),
-            "127.0.0.1".into(),
-        )],
-        extra_toml,
+        instances: vec![Instance::standard()],
+        bindings: vec![
+            Binding::new(
+                &["user:alice@example.com", "group:ops"],
+                &format!("projects/{PROJECT}"),
+            )
+            .ports(&[echo_port]),
+            Binding::new(
+                &["user:alice@example.com"],
+                &format!("projects/{PROJECT}/iap_tunnel/locations/test-region/destGroups/loopback"),
+            ),
+            Binding::new(&["user:old@example.com"], &format!("projects/{PROJECT}"))
+                .expires("2020-01-01T00:00:00Z"),
+        ],
         ..RelaySpec::default()
     };
-    let relay = spawn_relay(&spec);
     Setup {
-        relay,
+        relay: spec,
         dir,
         signer,
         echo_port,
         audit,
+    }
+}
+
+/// [`spec`] served in this process.
+fn setup(limits: Limits) -> Setup<RelayGuard> {
+    let s = spec(limits);
+    Setup {
+        relay: spawn_relay_in_process(&s.relay),
+        dir: s.dir,
+        signer: s.signer,
+        echo_port: s.echo_port,
+        audit: s.audit,
     }
 }
 
@@ -135,16 +126,8 @@ enum Outcome {
     Open,
 }
 
-fn dialer(relay: &Relay) -> Dialer {
-    Dialer {
-        endpoint: Endpoint::parse(&relay.url).unwrap(),
-        tls: tls_config(Some(relay.ca_pem())).unwrap(),
-        user_agent: "security-matrix".into(),
-    }
-}
-
-async fn attempt(relay: &Relay, token: &str, query: &str) -> Outcome {
-    let dialer = dialer(relay);
+async fn attempt(relay: &RelayEndpoint, token: &str, query: &str) -> Outcome {
+    let dialer = dialer(relay, "security-matrix");
     let token = match Token::new(token) {
         Ok(t) => t,
         Err(_) => return Outcome::Http(ExitKind::Authentication, "unsendable".into()),
@@ -164,12 +147,6 @@ async fn attempt(relay: &Relay, token: &str, query: &str) -> Outcome {
     }
 }
 
-fn vm_query(port: u16) -> String {
-    format!(
-        "project={PROJECT}&port={port}&newWebsocket=True&zone={ZONE}&instance={INSTANCE}&interface=nic0"
-    )
-}
-
 fn host_query(host: &str, port: u16, group: Option<&str>) -> String {
     let mut q = format!(
         "project={PROJECT}&port={port}&newWebsocket=True&region=test-region&network=default&host={host}"
@@ -180,17 +157,11 @@ fn host_query(host: &str, port: u16, group: Option<&str>) -> String {
     q
 }
 
-fn audit_lines(path: &Path) -> Vec<serde_json::Value> {
-    std::fs::read_to_string(path)
-        .unwrap_or_default()
-        .lines()
-        .filter_map(|l| serde_json::from_str(l).ok())
-        .collect()
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn security_matrix() {
-    let s = tokio::task::spawn_blocking(|| setup("")).await.unwrap();
+    let s = tokio::task::spawn_blocking(|| setup(Limits::default()))
+        .await
+        .unwrap();
     let p = s.echo_port;
     let sg = &s.signer;
     let t = now();
@@ -241,28 +212,28 @@ async fn security_matrix() {
         (
             "static token",
             "static-alice-token".into(),
-            vm_query(p),
+            connect_query(p),
             Outcome::Open,
             "",
         ),
         (
             "jwt via group",
             good("jwt-user@example.com"),
-            vm_query(p),
+            connect_query(p),
             Outcome::Open,
             "",
         ),
         (
             "token-info via group",
             "ti-good-token-123".into(),
-            vm_query(p),
+            connect_query(p),
             Outcome::Open,
             "",
         ),
         (
             "malformed token",
             "eyJ.not.a-jwt".into(),
-            vm_query(p),
+            connect_query(p),
             Outcome::Http(auth, String::new()),
             "malformed",
         ),
@@ -273,7 +244,7 @@ async fn security_matrix() {
                 "k1",
                 claims("jwt-user@example.com", ISSUER, AUDIENCE, t - 3600, t - 7200),
             ),
-            vm_query(p),
+            connect_query(p),
             Outcome::Http(auth, String::new()),
             "expired",
         ),
@@ -284,7 +255,7 @@ async fn security_matrix() {
                 "k1",
                 claims("jwt-user@example.com", ISSUER, AUDIENCE, t + 7200, t + 3600),
             ),
-            vm_query(p),
+            connect_query(p),
             Outcome::Http(auth, String::new()),
             "not_yet_valid",
         ),
@@ -301,7 +272,7 @@ async fn security_matrix() {
                     t - 10,
                 ),
             ),
-            vm_query(p),
+            connect_query(p),
             Outcome::Http(auth, String::new()),
             "wrong_issuer",
         ),
@@ -318,84 +289,84 @@ async fn security_matrix() {
                     t - 10,
                 ),
             ),
-            vm_query(p),
+            connect_query(p),
             Outcome::Http(auth, String::new()),
             "wrong_audience",
         ),
         (
             "alg none",
             alg_none,
-            vm_query(p),
+            connect_query(p),
             Outcome::Http(auth, String::new()),
             "malformed",
         ),
         (
             "HS256 with the public key",
             hs_confusion,
-            vm_query(p),
+            connect_query(p),
             Outcome::Http(auth, String::new()),
             "bad_algorithm",
         ),
         (
             "unknown kid",
             unknown_kid,
-            vm_query(p),
+            connect_query(p),
             Outcome::Http(auth, String::new()),
             "unknown_key",
         ),
         (
             "tampered signature",
             tampered,
-            vm_query(p),
+            connect_query(p),
             Outcome::Http(auth, String::new()),
             "bad_signature",
         ),
         (
             "signed by another key",
             wrong_key,
-            vm_query(p),
+            connect_query(p),
             Outcome::Http(auth, String::new()),
             "bad_signature",
         ),
         (
             "revoked (unknown) static token",
             "static-revoked-token".into(),
-            vm_query(p),
+            connect_query(p),
             Outcome::Http(auth, String::new()),
             "unknown_token",
         ),
         (
             "token-info refuses",
             "ti-bad-token-456".into(),
-            vm_query(p),
+            connect_query(p),
             Outcome::Http(auth, String::new()),
             "unknown_token",
         ),
         (
             "principal without binding",
             "static-mallory-token".into(),
-            vm_query(p),
+            connect_query(p),
             Outcome::Closed(4033),
             "no binding",
         ),
         (
             "binding with wrong port",
             "static-alice-token".into(),
-            vm_query(22),
+            connect_query(22),
             Outcome::Closed(4033),
             "does not allow port 22",
         ),
         (
             "expired binding",
             "static-old-token".into(),
-            vm_query(p),
+            connect_query(p),
             Outcome::Closed(4033),
             "has expired",
         ),
         (
             "target outside inventory",
             "static-alice-token".into(),
-            vm_query(p).replace(INSTANCE, "vm-404"),
+            connect_query(p).replace(INSTANCE, "vm-404"),
             Outcome::Closed(4047),
             "not in inventory",
         ),
@@ -542,25 +513,32 @@ fn raw_https_get(addr: std::net::SocketAddr, ca: &Path, path: &str) -> String {
 
 #[test]
 fn limits_per_principal_and_handshake_timeout() {
-    let s = setup("[limits]\nmax_connections_per_principal = 2\nhandshake_timeout_secs = 1\n");
+    let s = setup(Limits {
+        max_connections_per_principal: Some(2),
+        handshake_timeout_secs: Some(1),
+        ..Limits::default()
+    });
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
         .build()
         .unwrap();
     rt.block_on(async {
-        let dialer = dialer(&s.relay);
+        let dialer = dialer(&s.relay, "security-matrix");
         let token = Token::new("static-alice-token").unwrap();
         let mut held = Vec::new();
         for _ in 0..2 {
             let mut ws = dialer
-                .open("connect", &vm_query(s.echo_port), &token)
+                .open("connect", &connect_query(s.echo_port), &token)
                 .await
                 .expect("within the limit");
             assert!(matches!(ws.next().await, Some(Ok(Message::Binary(_)))));
             held.push(ws);
         }
-        match dialer.open("connect", &vm_query(s.echo_port), &token).await {
+        match dialer
+            .open("connect", &connect_query(s.echo_port), &token)
+            .await
+        {
             Err(e) => assert!(e.message.contains("429"), "{}", e.message),
             Ok(_) => panic!("the third tunnel of one principal was accepted"),
         }
@@ -568,7 +546,7 @@ fn limits_per_principal_and_handshake_timeout() {
         let other = Token::new("ti-good-token-123").unwrap();
         assert!(
             dialer
-                .open("connect", &vm_query(s.echo_port), &other)
+                .open("connect", &connect_query(s.echo_port), &other)
                 .await
                 .is_ok()
         );
@@ -578,7 +556,10 @@ fn limits_per_principal_and_handshake_timeout() {
         drop(first);
         let started = Instant::now();
         loop {
-            if let Ok(mut ws) = dialer.open("connect", &vm_query(s.echo_port), &token).await {
+            if let Ok(mut ws) = dialer
+                .open("connect", &connect_query(s.echo_port), &token)
+                .await
+            {
                 assert!(matches!(ws.next().await, Some(Ok(Message::Binary(_)))));
                 break;
             }
@@ -603,14 +584,17 @@ fn limits_per_principal_and_handshake_timeout() {
         waited >= Duration::from_millis(900) && waited < Duration::from_secs(10),
         "dropped after {waited:?}"
     );
-    wait_for_log(&s.relay, "handshake timed out", 1);
+    s.relay.wait_for_log("handshake timed out", 1);
 }
 
 /// 1,000 tunnels at once through one relay, each echoing its own data.
 #[test]
 fn a_thousand_concurrent_tunnels() {
     // All from one address at once: above the default per-address handshake limit (256).
-    let s = setup("[limits]\nmax_handshakes_per_address = 1000\n");
+    let s = setup(Limits {
+        max_handshakes_per_address: Some(1000),
+        ..Limits::default()
+    });
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
@@ -618,11 +602,12 @@ fn a_thousand_concurrent_tunnels() {
         .unwrap();
     let started = Instant::now();
     let intact = rt.block_on(async {
-        let dialer = Arc::new(dialer(&s.relay));
+        let dialer = Arc::new(dialer(&s.relay, "security-matrix"));
         let token = Token::new("static-alice-token").unwrap();
         let mut tasks = tokio::task::JoinSet::new();
         for i in 0..1000u32 {
-            let (dialer, token, query) = (dialer.clone(), token.clone(), vm_query(s.echo_port));
+            let (dialer, token, query) =
+                (dialer.clone(), token.clone(), connect_query(s.echo_port));
             tasks.spawn(async move {
                 let mut ws = dialer
                     .open("connect", &query, &token)
@@ -677,28 +662,19 @@ fn reload_revokes_a_live_ssh_session() {
     if !require_openssh() {
         return;
     }
-    let s = setup("");
+    // Signals: the relay runs as its own process.
+    let mut s = spec(Limits::default());
+    let relay = spawn_relay(&s.relay);
     let sshd = spawn_sshd();
     let token_file = write_token_file(&sshd.subdir("secrets"), "static-alice-token");
-    // The instance's port must be allowed: rewrite the port condition for sshd's port.
-    let config = std::fs::read_to_string(&s.relay.config_path).unwrap();
-    let with_sshd = config.replace(
-        &format!("ports = [{}]", s.echo_port),
-        &format!("ports = [{}, {}]", s.echo_port, sshd.port),
-    );
-    std::fs::write(&s.relay.config_path, &with_sshd).unwrap();
-    let pid = s.relay.pid();
-    rustix::process::kill_process(
-        rustix::process::Pid::from_raw(pid as i32).unwrap(),
-        rustix::process::Signal::HUP,
-    )
-    .unwrap();
-    wait_for_log(&s.relay, "configuration reloaded", 1);
+    // The instance's port must be allowed: add sshd's port to the port condition.
+    s.relay.bindings[0].ports = Some(vec![s.echo_port, sshd.port]);
+    relay.reload(&s.relay);
 
     let mut cmd = ssh_command("ssh", &sshd);
     cmd.args(ssh_base_args(
         &sshd,
-        &proxy_command(&s.relay, &token_file, ""),
+        &proxy_command(&relay, &token_file, ""),
     ))
     .arg(dotted_host())
     .arg("echo started; sleep 60; echo finished")
@@ -712,31 +688,23 @@ fn reload_revokes_a_live_ssh_session() {
     assert_eq!(&first, b"started\n");
 
     // A broken configuration is refused; the session lives on.
-    std::fs::write(&s.relay.config_path, "this is not toml").unwrap();
-    rustix::process::kill_process(
-        rustix::process::Pid::from_raw(pid as i32).unwrap(),
-        rustix::process::Signal::HUP,
-    )
-    .unwrap();
-    wait_for_log(&s.relay, "reload failed", 1);
+    std::fs::write(&relay.config_path, "this is not toml").unwrap();
+    relay.signal(rustix::process::Signal::HUP);
+    relay.wait_for_log("reload failed", 1);
     assert!(
         child.try_wait().is_none(),
         "a failed reload ended the session"
     );
 
     // Remove alice from the project binding and reload: the session ends at once.
-    let revoked = with_sshd.replacen(
-        "members = [\"user:alice@example.com\", \"group:ops\"]",
-        "members = [\"group:ops\"]",
-        1,
-    );
-    std::fs::write(&s.relay.config_path, revoked).unwrap();
-    let started = Instant::now();
-    rustix::process::kill_process(
-        rustix::process::Pid::from_raw(pid as i32).unwrap(),
-        rustix::process::Signal::HUP,
+    s.relay.bindings[0].members = vec!["group:ops".into()];
+    std::fs::write(
+        &relay.config_path,
+        s.relay.to_toml(Some(("relay-cert.pem", "relay-key.pem"))),
     )
     .unwrap();
+    let started = Instant::now();
+    relay.signal(rustix::process::Signal::HUP);
     while child.try_wait().is_none() {
         assert!(
             started.elapsed() < Duration::from_secs(20),
@@ -752,18 +720,6 @@ fn reload_revokes_a_live_ssh_session() {
             && l["reason"].as_str().is_some_and(|r| r.contains("revoked"))),
         "{lines:?}"
     );
-}
-
-fn wait_for_log(relay: &Relay, text: &str, count: usize) {
-    let started = Instant::now();
-    while relay.log().matches(text).count() < count {
-        assert!(
-            started.elapsed() < Duration::from_secs(10),
-            "no {text:?} in:\n{}",
-            relay.log()
-        );
-        thread::sleep(Duration::from_millis(20));
-    }
 }
 
 /// A JWKS served at a URL: fetched at start-up, refetched once when a token names an unknown
@@ -799,23 +755,15 @@ fn jwks_url_rotation() {
         });
     }
     let spec = RelaySpec {
-        instances: vec![(
-            PROJECT.into(),
-            ZONE.into(),
-            INSTANCE.into(),
-            "127.0.0.1".into(),
+        instances: vec![Instance::standard()],
+        bindings: vec![Binding::new(
+            &["user:dev@example.com"],
+            &format!("projects/{PROJECT}"),
         )],
-        bindings: vec![(
-            vec!["user:dev@example.com".into()],
-            format!("projects/{PROJECT}"),
-            None,
-        )],
-        extra_toml: format!(
-            "[[jwt]]\nissuer = \"{ISSUER}\"\naudience = \"{AUDIENCE}\"\njwks_url = \"{url}\"\n"
-        ),
+        jwt: vec![JwtIssuer::with_url(ISSUER, AUDIENCE, &url)],
         ..RelaySpec::default()
     };
-    let relay = spawn_relay(&spec);
+    let relay = spawn_relay_in_process(&spec);
     assert_eq!(
         fetches.load(std::sync::atomic::Ordering::SeqCst),
         1,
@@ -838,21 +786,21 @@ fn jwks_url_rotation() {
         .unwrap();
     rt.block_on(async {
         assert_eq!(
-            attempt(&relay, &token(&first, "k1"), &vm_query(port)).await,
+            attempt(&relay, &token(&first, "k1"), &connect_query(port)).await,
             Outcome::Open
         );
         // The issuer rotates to k2: the first k2 token triggers one refetch and is accepted.
         *served.lock().unwrap() =
             serde_json::json!({"keys": [keys_of(&first), keys_of(&second)]}).to_string();
         assert_eq!(
-            attempt(&relay, &token(&second, "k2"), &vm_query(port)).await,
+            attempt(&relay, &token(&second, "k2"), &connect_query(port)).await,
             Outcome::Open
         );
         assert_eq!(fetches.load(std::sync::atomic::Ordering::SeqCst), 2);
         // Unknown kids right after are refused without hammering the issuer.
         for _ in 0..5 {
             assert!(matches!(
-                attempt(&relay, &token(&third, "k3"), &vm_query(port)).await,
+                attempt(&relay, &token(&third, "k3"), &connect_query(port)).await,
                 Outcome::Http(ExitKind::Authentication, _)
             ));
         }

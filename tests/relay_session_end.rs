@@ -18,37 +18,21 @@ mod common;
 
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::thread;
 use std::time::{Duration, Instant};
 
 use common::*;
 use futures_util::{SinkExt, StreamExt};
 use iap_ssh::client::auth::Token;
-use iap_ssh::client::dial::{Dialer, Endpoint, RelaySocket};
+use iap_ssh::client::dial::{Dialer, RelaySocket};
 use iap_ssh::frame::Frame;
-use iap_ssh::wire::tls_config;
 use tokio_tungstenite::tungstenite::Message;
 
 const TOKEN: &str = "session-end-test-token-0123";
 const PRINCIPAL: &str = "user:alice@example.com";
 const GCLOUD_UA: &str = "gcloud/528.0.0 command/gcloud.compute.start-iap-tunnel invocation-id/0";
 const COMPLETE: &str = "complete; client left without a close";
-
-fn echo_backend() -> u16 {
-    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
-    let port = listener.local_addr().unwrap().port();
-    thread::spawn(move || {
-        for s in listener.incoming().flatten() {
-            thread::spawn(move || {
-                let mut w = s.try_clone().unwrap();
-                let mut r = s;
-                let _ = std::io::copy(&mut r, &mut w);
-            });
-        }
-    });
-    port
-}
 
 /// The byte at stream offset `i` of [`streaming_backend`].
 fn pattern(i: u64) -> u8 {
@@ -85,35 +69,22 @@ struct Rig {
     _dir: tempfile::TempDir,
 }
 
-fn rig(extra: &str) -> Rig {
+fn rig(limits: Limits) -> Rig {
     let dir = tempfile::tempdir().unwrap();
     let audit = dir.path().join("audit.jsonl");
     let admin_port = free_port();
-    let mut spec = RelaySpec::standard(PRINCIPAL, TOKEN);
-    spec.extra_toml = format!(
-        "audit_log = {}\nadmin_listen = \"127.0.0.1:{admin_port}\"\n{extra}",
-        serde_json::to_string(&audit.display().to_string()).unwrap()
-    );
+    let spec = RelaySpec {
+        audit_log: Some(audit.clone()),
+        admin_listen: Some(([127, 0, 0, 1], admin_port).into()),
+        limits,
+        ..RelaySpec::standard(PRINCIPAL, TOKEN)
+    };
     Rig {
         relay: spawn_relay(&spec),
         audit,
         admin: ([127, 0, 0, 1], admin_port).into(),
         _dir: dir,
     }
-}
-
-fn dialer(relay: &Relay, user_agent: &str) -> Dialer {
-    Dialer {
-        endpoint: Endpoint::parse(&relay.url).unwrap(),
-        tls: tls_config(Some(relay.ca_pem())).unwrap(),
-        user_agent: user_agent.into(),
-    }
-}
-
-fn connect_query(port: u16) -> String {
-    format!(
-        "project={PROJECT}&port={port}&newWebsocket=True&zone={ZONE}&instance={INSTANCE}&interface=nic0"
-    )
 }
 
 async fn open(d: &Dialer, port: u16) -> (RelaySocket, String) {
@@ -154,14 +125,6 @@ fn drop_without_close(ws: RelaySocket) {
     drop(ws);
 }
 
-fn audit_lines(path: &Path) -> Vec<serde_json::Value> {
-    std::fs::read_to_string(path)
-        .unwrap_or_default()
-        .lines()
-        .map(|l| serde_json::from_str(l).unwrap())
-        .collect()
-}
-
 /// Waits (bounded) for an audit line of `event` for `sid`.
 fn wait_for_event(rig: &Rig, event: &str, sid: &str, within: Duration) -> serde_json::Value {
     let started = Instant::now();
@@ -200,7 +163,7 @@ fn runtime() -> tokio::runtime::Runtime {
 
 #[test]
 fn gcloud_leaving_an_idle_session_completes_it_without_parking() {
-    let rig = rig("");
+    let rig = rig(Limits::default());
     let backend = echo_backend();
     let sid = runtime().block_on(async {
         let (mut ws, sid) = open(&dialer(&rig.relay, GCLOUD_UA), backend).await;
@@ -227,7 +190,10 @@ fn gcloud_leaving_an_idle_session_completes_it_without_parking() {
 
 #[test]
 fn another_client_leaving_an_idle_session_is_parked_for_resume() {
-    let rig = rig("[limits]\nresume_window_secs = 2\n");
+    let rig = rig(Limits {
+        resume_window_secs: Some(2),
+        ..Limits::default()
+    });
     let backend = echo_backend();
     let sid = runtime().block_on(async {
         let (mut ws, sid) = open(&dialer(&rig.relay, "iap-ssh/test"), backend).await;
@@ -246,7 +212,7 @@ fn another_client_leaving_an_idle_session_is_parked_for_resume() {
 #[test]
 fn gcloud_lost_in_the_middle_of_a_download_is_parked_and_resumes() {
     const LEN: u64 = 8 << 20;
-    let rig = rig("");
+    let rig = rig(Limits::default());
     let backend = streaming_backend(LEN);
     runtime().block_on(async {
         let d = dialer(&rig.relay, GCLOUD_UA);
@@ -312,7 +278,10 @@ fn gcloud_lost_in_the_middle_of_a_download_is_parked_and_resumes() {
 
 #[test]
 fn a_client_that_stops_acknowledging_is_reported() {
-    let rig = rig("[limits]\nmax_unacked_bytes = 262144\n");
+    let rig = rig(Limits {
+        max_unacked_bytes: Some(262_144),
+        ..Limits::default()
+    });
     let backend = streaming_backend(4 << 20);
     runtime().block_on(async {
         let (mut ws, sid) = open(&dialer(&rig.relay, "iap-ssh/test"), backend).await;

@@ -22,7 +22,7 @@ use std::sync::{Arc, mpsc};
 use std::thread;
 use std::time::{Duration, Instant};
 
-use common::{Relay, RelaySpec, dotted_host, iap_ssh_bin, spawn_relay, write_token_file};
+use common::*;
 use fault::{FaultProxy, Mode};
 use stream::{Pattern, expected_hash, hex};
 
@@ -50,17 +50,14 @@ fn rig(spec: RelaySpec) -> Rig {
     }
 }
 
-fn iap_ssh(rig: &Rig, port: u16) -> Command {
-    let mut cmd = Command::new(iap_ssh_bin());
-    cmd.arg("--endpoint")
-        .arg(format!("wss://{}", rig.proxy.addr))
-        .arg("--ca-file")
-        .arg(rig.relay.ca_pem())
-        .arg("--access-token-file")
-        .arg(&rig.token_file)
-        .args(["-v", &dotted_host(), &port.to_string()])
-        .env_remove("CLOUDSDK_AUTH_ACCESS_TOKEN_FILE")
-        .env_remove("RUST_LOG");
+/// iap-ssh through the fault proxy to the test instance's `port`, with `-v`.
+fn tunnel_command(rig: &Rig, port: u16) -> Command {
+    let mut cmd = iap_ssh(rig._dir.path())
+        .endpoint(&format!("wss://{}", rig.proxy.addr))
+        .ca_file(rig.relay.ca_pem())
+        .token_file(&rig.token_file)
+        .command();
+    cmd.args(["-v", &dotted_host(), &port.to_string()]);
     cmd
 }
 
@@ -160,7 +157,7 @@ struct Download {
 }
 
 fn start_download(rig: &Rig, port: u16, progress: Arc<AtomicU64>) -> Download {
-    let mut child = iap_ssh(rig, port)
+    let mut child = tunnel_command(rig, port)
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
@@ -251,7 +248,7 @@ fn upload_256_mib_survives_10_resets() {
         let (mut s, _) = listener.accept().unwrap();
         read_counted(&mut s, &r)
     });
-    let mut child = iap_ssh(&rig, port)
+    let mut child = tunnel_command(&rig, port)
         .stdin(Stdio::piped())
         .stdout(Stdio::null())
         .stderr(Stdio::piped())
@@ -330,7 +327,7 @@ fn black_hole_and_half_close_are_survived() {
         let mut r = s;
         let _ = std::io::copy(&mut r, &mut w);
     });
-    let mut child = iap_ssh(&rig, port)
+    let mut child = tunnel_command(&rig, port)
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
@@ -376,8 +373,8 @@ fn black_hole_and_half_close_are_survived() {
 /// token each time and a paced download completes intact.
 #[test]
 fn forced_reauthentication_mid_transfer() {
-    let mut spec = RelaySpec::standard(PRINCIPAL, TOKEN);
-    spec.extra_toml = "[limits]\nreauthenticate_after_secs = 1\n".into();
+    let spec =
+        RelaySpec::standard(PRINCIPAL, TOKEN).limits(|l| l.reauthenticate_after_secs = Some(1));
     let rig = rig(spec);
     let len: u64 = 24 << 20;
     // 64 KiB every 10 ms: about 4 s, so several re-authentications fall inside.
@@ -483,19 +480,18 @@ fn a_dead_relay_ends_the_tunnel_in_bounded_time() {
                 let _ = std::io::copy(&mut r, &mut w);
             }
         });
-        let mut cmd = Command::new(iap_ssh_bin());
-        cmd.arg("--endpoint")
-            .arg(format!("ws://{}", rig.proxy.addr))
-            .arg("--access-token-file")
-            .arg(&rig.token_file)
+        let mut cmd = iap_ssh(rig._dir.path())
+            .endpoint(&format!("ws://{}", rig.proxy.addr))
+            .token_file(&rig.token_file)
+            .command();
+        cmd
             // With a 503 the budget is generous: the refusal itself must end the wait.
             .args([
                 "--resume-timeout",
                 if answer_503 { "120" } else { "3" },
                 &dotted_host(),
                 &port.to_string(),
-            ])
-            .env_remove("CLOUDSDK_AUTH_ACCESS_TOKEN_FILE");
+            ]);
         let mut child = cmd
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())

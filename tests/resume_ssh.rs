@@ -177,8 +177,7 @@ fn gcloud_resumes_through_forced_reauthentication() {
         return;
     }
     let token = random_hex(24);
-    let mut spec = RelaySpec::standard(ALICE, &token);
-    spec.extra_toml = "[limits]\nreauthenticate_after_secs = 2\n".into();
+    let spec = RelaySpec::standard(ALICE, &token).limits(|l| l.reauthenticate_after_secs = Some(2));
     let relay = spawn_relay(&spec);
     let sshd = spawn_sshd();
     let token_file = write_token_file(&sshd.subdir("secrets"), &token);

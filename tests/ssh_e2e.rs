@@ -11,7 +11,7 @@ mod common;
 
 use std::fs;
 use std::path::PathBuf;
-use std::process::{Command, Output, Stdio};
+use std::process::{Output, Stdio};
 
 use common::*;
 
@@ -42,11 +42,13 @@ fn setup() -> Option<Setup> {
     let mut spec = RelaySpec::standard(ALICE, &alice)
         .with_token(MALLORY, &mallory)
         .with_token(CAROL, &carol);
-    spec.bindings.push((
-        vec![CAROL.to_owned()],
-        format!("projects/{PROJECT}/zones/{ZONE}/instances/{INSTANCE}"),
-        Some(vec![22]),
-    ));
+    spec.bindings.push(
+        Binding::new(
+            &[CAROL],
+            &format!("projects/{PROJECT}/zones/{ZONE}/instances/{INSTANCE}"),
+        )
+        .ports(&[22]),
+    );
     let relay = spawn_relay(&spec);
     let sshd = spawn_sshd();
     let secrets = sshd.subdir("secrets");
@@ -80,10 +82,12 @@ impl Setup {
 
     /// Runs iap-ssh directly (no ssh) with stdin held open, for cases where it must fail fast.
     fn iap_ssh_direct(&self, args: &[&str]) -> Output {
-        let mut cmd = Command::new(iap_ssh_bin());
-        hermetic_env(&mut cmd, self.sshd.dir.path());
-        cmd.args(args);
-        run_with_io(&mut cmd, Stdio::piped(), None, COMMAND_TIMEOUT)
+        run_with_io(
+            iap_ssh(self.sshd.dir.path()).args(args),
+            Stdio::piped(),
+            None,
+            COMMAND_TIMEOUT,
+        )
     }
 
     fn endpoint_args(&self, token_file: &std::path::Path) -> Vec<String> {
@@ -96,10 +100,6 @@ impl Setup {
             token_file.display().to_string(),
         ]
     }
-}
-
-fn stderr_of(out: &Output) -> String {
-    String::from_utf8_lossy(&out.stderr).into_owned()
 }
 
 /// The harness itself: plain ssh straight to the test sshd, no tunnel. When this fails, the

@@ -19,7 +19,7 @@ use std::sync::mpsc;
 use std::thread;
 use std::time::{Duration, Instant};
 
-use common::{Relay, RelaySpec, dotted_host, iap_ssh_bin, spawn_relay, write_token_file};
+use common::*;
 use ring::digest::{Context, SHA256};
 use stream::{expected_hash, hash_all, hex, send_pattern};
 
@@ -44,18 +44,13 @@ fn setup() -> Setup {
     }
 }
 
-fn iap_ssh(setup: &Setup, host: &str, port: u16) -> Command {
-    let mut cmd = Command::new(iap_ssh_bin());
-    cmd.arg("--endpoint")
-        .arg(&setup.relay.url)
-        .arg("--ca-file")
-        .arg(setup.relay.ca_pem())
-        .arg("--access-token-file")
-        .arg(&setup.token_file)
-        .arg(host)
-        .arg(port.to_string())
-        .env_remove("CLOUDSDK_AUTH_ACCESS_TOKEN_FILE")
-        .env_remove("RUST_LOG");
+/// iap-ssh to `host` `port` through the setup's relay with its token.
+fn tunnel_command(setup: &Setup, host: &str, port: u16) -> Command {
+    let mut cmd = iap_ssh(setup._dir.path())
+        .relay(&setup.relay)
+        .token_file(&setup.token_file)
+        .command();
+    cmd.arg(host).arg(port.to_string());
     cmd
 }
 
@@ -161,7 +156,12 @@ fn run_client(mut cmd: Command, upload: u64, seed: u64, close: Stdin) -> Run {
 fn upload(len: u64) {
     let s = setup();
     let (port, got) = backend(|mut stream| hash_all(&mut stream).unwrap());
-    let run = run_client(iap_ssh(&s, &dotted_host(), port), len, 7, Stdin::AfterWrite);
+    let run = run_client(
+        tunnel_command(&s, &dotted_host(), port),
+        len,
+        7,
+        Stdin::AfterWrite,
+    );
     assert!(
         run.status.success(),
         "exit {:?}: {}",
@@ -187,7 +187,12 @@ fn download(len: u64) {
         let _ = stream.shutdown(Shutdown::Write);
         hash
     });
-    let run = run_client(iap_ssh(&s, &dotted_host(), port), 0, 0, Stdin::AtExit);
+    let run = run_client(
+        tunnel_command(&s, &dotted_host(), port),
+        0,
+        0,
+        Stdin::AtExit,
+    );
     assert!(
         run.status.success(),
         "exit {:?}: {}",
@@ -245,7 +250,12 @@ fn echo_both_directions_at_once() {
         let mut copy = stream.try_clone().unwrap();
         std::io::copy(&mut stream, &mut copy)
     });
-    let run = run_client(iap_ssh(&s, &dotted_host(), port), len, 3, Stdin::WhenEchoed);
+    let run = run_client(
+        tunnel_command(&s, &dotted_host(), port),
+        len,
+        3,
+        Stdin::WhenEchoed,
+    );
     assert!(
         run.status.success(),
         "exit {:?}: {}",
@@ -265,7 +275,7 @@ fn stdin_eof_flushes_and_exits() {
         let _ = stream.read_to_end(&mut buf);
         buf
     });
-    let mut child = iap_ssh(&s, &dotted_host(), port)
+    let mut child = tunnel_command(&s, &dotted_host(), port)
         .stdin(Stdio::piped())
         .stdout(Stdio::null())
         .stderr(Stdio::piped())
@@ -330,7 +340,11 @@ fn relay_refusals_reach_the_user_with_exit_codes() {
     let closed_port = common::free_port();
 
     // 4033: a principal with no binding.
-    let mut cmd = retarget_token(iap_ssh(&s, &dotted_host(), 22), dir.path(), "mallory-token");
+    let mut cmd = retarget_token(
+        tunnel_command(&s, &dotted_host(), 22),
+        dir.path(),
+        "mallory-token",
+    );
     assert_refusal(
         refused(&mut cmd),
         4,
@@ -339,20 +353,20 @@ fn relay_refusals_reach_the_user_with_exit_codes() {
 
     // 4047: an instance the inventory does not name.
     assert_refusal(
-        refused(&mut iap_ssh(&s, "vm-404.test-zone-a.test-proj", 22)),
+        refused(&mut tunnel_command(&s, "vm-404.test-zone-a.test-proj", 22)),
         5,
         &["not found", "4047", "name, zone and project"],
     );
 
     // 4003: nothing listens on the port.
     assert_refusal(
-        refused(&mut iap_ssh(&s, &dotted_host(), closed_port)),
+        refused(&mut tunnel_command(&s, &dotted_host(), closed_port)),
         6,
         &["4003", "35.235.240.0/20", &closed_port.to_string()],
     );
 
     // HTTP 401: a token the relay does not know.
-    let cmd = iap_ssh(&s, &dotted_host(), 22);
+    let cmd = tunnel_command(&s, &dotted_host(), 22);
     let mut cmd = retarget_token(cmd, dir.path(), "unknown-token");
     let result = refused(&mut cmd);
     assert!(
@@ -363,10 +377,11 @@ fn relay_refusals_reach_the_user_with_exit_codes() {
     assert_refusal(result, 3, &["HTTP 401", "credentials"]);
 
     // Untrusted relay certificate: no --ca-file.
-    let mut cmd = Command::new(iap_ssh_bin());
-    cmd.args(["--endpoint", &s.relay.url, "--access-token-file"])
-        .arg(&s.token_file)
-        .args([&dotted_host(), "22"])
+    let mut cmd = iap_ssh(s._dir.path())
+        .endpoint(&s.relay.url)
+        .token_file(&s.token_file)
+        .command();
+    cmd.args([&dotted_host(), "22"])
         .env("SSL_CERT_FILE", "/dev/null")
         .env_remove("SSL_CERT_DIR");
     let (status, stderr, _) = refused(&mut cmd);
@@ -388,6 +403,12 @@ fn retarget_token(cmd: Command, dir: &Path, token: &str) -> Command {
         args[i + 1] = file.into_os_string();
     }
     let mut out = Command::new(cmd.get_program());
+    for (key, value) in cmd.get_envs() {
+        match value {
+            Some(value) => out.env(key, value),
+            None => out.env_remove(key),
+        };
+    }
     out.args(args).env_remove("CLOUDSDK_AUTH_ACCESS_TOKEN_FILE");
     out
 }
@@ -411,10 +432,9 @@ fn usage_errors_are_one_line_and_exit_2() {
         (&["--bogus", "vm-1.z.p", "22"], &["--bogus"]),
     ];
     for (args, words) in cases {
-        let mut cmd = Command::new(iap_ssh_bin());
+        let dir = tempfile::tempdir().unwrap();
+        let mut cmd = iap_ssh(dir.path()).command();
         cmd.args(*args)
-            .env_remove("CLOUDSDK_COMPUTE_ZONE")
-            .env_remove("CLOUDSDK_CORE_PROJECT")
             .env("CLOUDSDK_AUTH_ACCESS_TOKEN_FILE", "/nonexistent");
         let (status, stderr, stdout) = refused(&mut cmd);
         assert_eq!(status, 2, "{args:?}: {stderr}");
@@ -428,15 +448,11 @@ fn usage_errors_are_one_line_and_exit_2() {
 #[test]
 fn missing_token_file_is_an_authentication_error() {
     let s = setup();
-    let mut cmd = Command::new(iap_ssh_bin());
-    cmd.args(["--endpoint", &s.relay.url, "--ca-file"])
-        .arg(s.relay.ca_pem())
-        .args([
-            "--access-token-file",
-            "/nonexistent/token",
-            &dotted_host(),
-            "22",
-        ]);
+    let mut cmd = iap_ssh(s._dir.path())
+        .relay(&s.relay)
+        .token_file(Path::new("/nonexistent/token"))
+        .command();
+    cmd.args([&dotted_host(), "22"]);
     assert_refusal(
         refused(&mut cmd),
         3,

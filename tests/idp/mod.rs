@@ -63,13 +63,14 @@ pub const CLIENT_ID: &str = "iap-relay-test.apps.googleusercontent.com";
 /// The scope the test relays require.
 pub const CLOUD_PLATFORM: &str = "https://www.googleapis.com/auth/cloud-platform";
 
-/// A `[tokeninfo]` table for the endpoint at `url`, accepting [`CLIENT_ID`] with
+/// A `[tokeninfo]` section for the endpoint at `url`, accepting [`CLIENT_ID`] with
 /// [`CLOUD_PLATFORM`].
-pub fn tokeninfo_toml(url: &str) -> String {
-    format!(
-        "[tokeninfo]\nurl = {}\nallowed_client_ids = [\"{CLIENT_ID}\"]\nrequired_scopes = [\"{CLOUD_PLATFORM}\"]\n",
-        serde_json::to_string(url).unwrap()
-    )
+pub fn tokeninfo_section(url: &str) -> crate::common::TokenInfo {
+    crate::common::TokenInfo {
+        url: Some(url.to_owned()),
+        allowed_client_ids: vec![CLIENT_ID.to_owned()],
+        required_scopes: vec![CLOUD_PLATFORM.to_owned()],
+    }
 }
 
 /// A token-info answer as Google's endpoint gives it for an access token.
