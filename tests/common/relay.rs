@@ -276,7 +276,7 @@ async fn start_relay_library(
     stop: CancellationToken,
 ) -> anyhow::Result<(SocketAddr, &'static str, tokio::task::JoinHandle<()>)> {
     use iap_ssh::relay::config::RelayConfig;
-    use iap_ssh::relay::server::{Relay, serve};
+    use iap_ssh::relay::serve::{Relay, serve};
     let config = RelayConfig::load(config_path)?;
     let relay = Arc::new(Relay::new(config).await?);
     let socket = tokio::net::TcpSocket::new_v4()?;
