@@ -9,6 +9,9 @@ use argh::FromArgs;
 use super::options;
 
 /// tunnel ssh (or any TCP) through Identity-Aware Proxy TCP forwarding
+// These doc comments are the `--help` text, where `[::1]:0` and `[USER:PASSWORD@]` are
+// literal text, not links.
+#[allow(rustdoc::broken_intra_doc_links)]
 #[derive(FromArgs, Debug)]
 #[argh(
     example = "As an ssh ProxyCommand (stdin and stdout are the tunnel):\n  ssh -o ProxyCommand='iap-ssh %h %p' vm-1.us-central1-a.my-project.iap\n  ssh -o ProxyCommand='iap-ssh --project my-project --zone us-central1-a %h %p' vm-1",
