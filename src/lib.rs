@@ -15,8 +15,9 @@
 //! - [`client`]: credentials, TLS dial, tunnels, stdio mode (`iap-ssh`).
 //! - [`relay`]: configuration, authentication, policy, inventory, server (`iap-relay`).
 //!
-//! Data flow in stdio mode: stdin thread → DATA message built in place → WebSocket →
-//! relay → backend TCP; and back: WebSocket → payload slice (no copy) → stdout thread.
+//! Data flow in stdio mode: stdin (read by the runtime, or a thread for terminals and files) →
+//! DATA message built in place → WebSocket → relay → backend TCP; and back: WebSocket →
+//! payload slice (no copy) → stdout.
 
 pub mod client;
 pub mod close;

@@ -13,6 +13,8 @@ use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
 
 use crate::frame::MAX_MESSAGE_LEN;
 
+mod roots;
+
 /// The WebSocket subprotocol of the IAP relay.
 pub const SUBPROTOCOL: &str = "relay.tunnel.cloudproxy.app";
 
@@ -28,12 +30,16 @@ pub struct ClientIdentity<'a> {
 /// The TLS settings for talking to relays: system roots plus `ca_file`, ring crypto, HTTP/1.1.
 ///
 /// # Errors
-/// When `ca_file` cannot be read or holds no certificate, or no trusted root is found at all.
+/// When `ca_file` cannot be read or holds no certificate.
 pub fn tls_config(ca_file: Option<&Path>) -> anyhow::Result<Arc<rustls::ClientConfig>> {
     tls_config_with_client(ca_file.as_slice(), None)
 }
 
 /// [`tls_config`] presenting a client certificate when `client` is given (mutual TLS).
+///
+/// The system roots are parsed on a thread of their own while the caller goes on to fetch a
+/// token and connect; finding no trusted root at all is then reported by the first TLS
+/// handshake.
 ///
 /// # Errors
 /// As [`tls_config`], and when the client certificate and key cannot be read or do not match.
@@ -41,18 +47,16 @@ pub fn tls_config_with_client(
     ca_files: &[&Path],
     client: Option<ClientIdentity<'_>>,
 ) -> anyhow::Result<Arc<rustls::ClientConfig>> {
-    let mut roots = RootCertStore::empty();
-    // The platform's roots (honours SSL_CERT_FILE / SSL_CERT_DIR); unreadable entries are
-    // skipped, as browsers do.
-    let native = rustls_native_certs::load_native_certs();
-    roots.add_parsable_certificates(native.certs);
+    // The CA files are the user's own and small: read them now, so a bad one is a usage
+    // error at start-up, as before.
+    let mut extra = RootCertStore::empty();
     for &path in ca_files {
         let mut added = 0;
         for cert in CertificateDer::pem_file_iter(path)
             .with_context(|| format!("reading CA file {}", path.display()))?
         {
             let cert = cert.with_context(|| format!("parsing CA file {}", path.display()))?;
-            roots.add(cert).with_context(|| {
+            extra.add(cert).with_context(|| {
                 format!("CA file {} holds an unusable certificate", path.display())
             })?;
             added += 1;
@@ -61,14 +65,13 @@ pub fn tls_config_with_client(
             bail!("CA file {} holds no PEM certificate", path.display());
         }
     }
-    if roots.is_empty() {
-        bail!("no trusted root certificates found: install ca-certificates or pass --ca-file");
-    }
     let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let verifier = roots::SystemRootsVerifier::start(extra, provider.clone());
     let builder = rustls::ClientConfig::builder_with_provider(provider)
         .with_safe_default_protocol_versions()
         .context("configuring TLS")?
-        .with_root_certificates(roots);
+        .dangerous()
+        .with_custom_certificate_verifier(Arc::new(verifier));
     let mut config = match client {
         None => builder.with_no_client_auth(),
         Some(id) => {

@@ -1,6 +1,8 @@
-//! The relay protocol's session: byte accounting ([`state`]), local ends ([`local`]) and the
-//! loop that joins them to a WebSocket ([`pump`]). Shared by client and relay.
+//! The relay protocol's session: byte accounting ([`state`]), local ends ([`local`], and
+//! stdin/stdout in [`stdio`]) and the loop that joins them to a WebSocket ([`pump`]). Shared
+//! by client and relay.
 
 pub mod local;
 pub mod pump;
 pub mod state;
+pub mod stdio;
