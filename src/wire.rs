@@ -107,9 +107,13 @@ pub fn tls_config_with_client(
 /// WebSocket limits for relay traffic: one relay message per WebSocket message, 16 KiB
 /// payloads, so anything much larger is refused before it is buffered.
 ///
-/// The read buffer is one message long: tungstenite zero-fills its whole read buffer before
-/// every read, so its 128 KiB default cost most of the CPU on the data path (memset) and
-/// 128 KiB of memory per idle tunnel in the relay (profile in BENCHMARKS.md).
+/// Reads are [`WS_READ_CHUNK`] at a time: tungstenite zero-fills the room for one read before
+/// every read attempt, including the many that find nothing (an uploading client polls for
+/// ACKs after each message it sends). Its 128 KiB default cost most of the CPU on the data
+/// path (memset) and 128 KiB of memory per idle tunnel in the relay; one message (17 KiB)
+/// still cost 14 % of an upload's instructions. A full message is reserved once its header is
+/// read, so a 16 KiB message now takes a few reads from the TLS buffer instead of one, which
+/// costs far less than the zero-filling it saves (profiles in BENCHMARKS.md).
 ///
 /// The write buffer is bounded too. A peer that sends pings and never reads makes tungstenite
 /// queue a pong for every ping; with no bound, each queued pong stayed in the write buffer and
@@ -119,13 +123,15 @@ pub fn tls_config_with_client(
 /// sends only after a flush, so at most [`WS_WRITE_BUFFER`] plus one message is queued.
 pub fn websocket_config() -> WebSocketConfig {
     WebSocketConfig::default()
-        .read_buffer_size(MAX_MESSAGE_LEN + 1024)
+        .read_buffer_size(WS_READ_CHUNK)
         .max_message_size(Some(MAX_MESSAGE_LEN + 1024))
         .max_frame_size(Some(MAX_MESSAGE_LEN + 1024))
         .write_buffer_size(WS_WRITE_BUFFER)
         .max_write_buffer_size(WS_MAX_WRITE_BUFFER)
 }
 
+/// The most tungstenite reads (and zero-fills first) at a time, and its initial read buffer.
+pub const WS_READ_CHUNK: usize = 4 * 1024;
 /// Bytes tungstenite collects before writing to the socket (its default).
 pub const WS_WRITE_BUFFER: usize = 128 * 1024;
 /// The most a WebSocket's write buffer may hold: the collecting buffer, one message, and
