@@ -27,25 +27,37 @@ pub struct ClientIdentity<'a> {
     pub key: &'a Path,
 }
 
-/// The TLS settings for talking to relays: system roots plus `ca_file`, ring crypto, HTTP/1.1.
+/// The TLS settings for a long-running process (the relay's token-info and JWKS clients):
+/// system roots plus `ca_file`, ring crypto, HTTP/1.1. Start-up time does not matter there, so
+/// this waits for the system roots and a missing trust set stops start-up.
 ///
 /// # Errors
-/// When `ca_file` cannot be read or holds no certificate.
+/// When `ca_file` cannot be read or holds no certificate, or no trusted root is found at all.
 pub fn tls_config(ca_file: Option<&Path>) -> anyhow::Result<Arc<rustls::ClientConfig>> {
-    tls_config_with_client(ca_file.as_slice(), None)
+    build(ca_file.as_slice(), None, true)
 }
 
-/// [`tls_config`] presenting a client certificate when `client` is given (mutual TLS).
+/// The client's TLS settings for talking to relays, presenting a client certificate when
+/// `client` is given (mutual TLS).
 ///
-/// The system roots are parsed on a thread of their own while the caller goes on to fetch a
-/// token and connect; finding no trusted root at all is then reported by the first TLS
-/// handshake.
+/// Unlike [`tls_config`], this does not wait for the system roots: they are parsed on a
+/// thread of their own while the caller goes on to fetch a token and connect, and finding no
+/// trusted root at all is reported by the first TLS handshake.
 ///
 /// # Errors
-/// As [`tls_config`], and when the client certificate and key cannot be read or do not match.
+/// When a CA file cannot be read or holds no certificate, or the client certificate and key
+/// cannot be read or do not match.
 pub fn tls_config_with_client(
     ca_files: &[&Path],
     client: Option<ClientIdentity<'_>>,
+) -> anyhow::Result<Arc<rustls::ClientConfig>> {
+    build(ca_files, client, false)
+}
+
+fn build(
+    ca_files: &[&Path],
+    client: Option<ClientIdentity<'_>>,
+    wait_for_roots: bool,
 ) -> anyhow::Result<Arc<rustls::ClientConfig>> {
     // The CA files are the user's own and small: read them now, so a bad one is a usage
     // error at start-up, as before.
@@ -67,6 +79,9 @@ pub fn tls_config_with_client(
     }
     let provider = Arc::new(rustls::crypto::ring::default_provider());
     let verifier = roots::SystemRootsVerifier::start(extra, provider.clone());
+    if wait_for_roots && let Err(e) = verifier.wait() {
+        bail!("{e}");
+    }
     let builder = rustls::ClientConfig::builder_with_provider(provider)
         .with_safe_default_protocol_versions()
         .context("configuring TLS")?

@@ -5,7 +5,8 @@
 //! started with the TLS settings now does it while the caller fetches a token, connects and
 //! sends its ClientHello; certificate verification, the first step that needs the roots,
 //! waits for it. The trust set is the same as before: the system's roots plus `--ca-file`,
-//! checked by rustls' own WebPKI verifier with the same crypto provider.
+//! checked by rustls' own WebPKI verifier with the same crypto provider. The relay, for which
+//! start-up time does not matter, waits for the roots at once (`wire::tls_config`).
 
 use std::sync::{Arc, Mutex, OnceLock};
 use std::thread::JoinHandle;
@@ -53,16 +54,25 @@ impl SystemRootsVerifier {
         }
     }
 
-    /// The verifier over the loaded roots, waiting for the loading thread if need be.
-    fn verifier(&self) -> Result<&WebPkiServerVerifier, rustls::Error> {
-        let loaded = self.loaded.get_or_init(|| {
+    /// Waits for the roots: what went wrong when there is no usable trust set.
+    pub(super) fn wait(&self) -> Result<(), String> {
+        self.loaded().as_ref().map(|_| ()).map_err(Clone::clone)
+    }
+
+    /// The loaded roots' verifier, or what went wrong; waits for the loading thread.
+    fn loaded(&self) -> &Loaded {
+        self.loaded.get_or_init(|| {
             let handle = self.loader.lock().ok().and_then(|mut h| h.take());
             match handle.map(JoinHandle::join) {
                 Some(Ok(loaded)) => loaded,
                 _ => Err("loading the system root certificates failed".into()),
             }
-        });
-        loaded
+        })
+    }
+
+    /// The verifier over the loaded roots, waiting for the loading thread if need be.
+    fn verifier(&self) -> Result<&WebPkiServerVerifier, rustls::Error> {
+        self.loaded()
             .as_deref()
             .map_err(|e| rustls::Error::General(e.clone()))
     }
