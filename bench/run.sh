@@ -14,7 +14,9 @@
 # BENCH_FLEET (1: the Ansible fleet runs; needs target/ansible-venv or makes it),
 # BENCH_FLEET_HOSTS (30), BENCH_STALL_RUNS (30), BENCH_STEPS (bulk,scp,startup,stall,latency,
 # concurrency,setup,distance,fleet,idle,profile: the steps to run; a subset prints its figures
-# and writes no report unless BENCH_OUT is set).
+# and writes no report unless BENCH_OUT is set), BENCH_PREV (a directory holding an earlier
+# iap-ssh build, e.g. a copy of target/release: measured as "iap-ssh-prev" next to iap-ssh in
+# the bulk, startup and latency steps, with a before/after table at the end).
 # Traffic goes to 127.0.0.1 only. Needs root for sshd (as the end-to-end tests do).
 set -euo pipefail
 
@@ -38,6 +40,7 @@ FLEET_HOSTS=${BENCH_FLEET_HOSTS:-30}
 STALL_RUNS=${BENCH_STALL_RUNS:-30}
 ALL_STEPS=bulk,scp,startup,stall,latency,concurrency,setup,distance,fleet,idle,profile
 STEPS=${BENCH_STEPS:-$ALL_STEPS}
+PREV=${BENCH_PREV:-}
 [[ $STEPS != "$ALL_STEPS" && -z ${BENCH_OUT:-} ]] && OUT=-
 step() { [[ ,$STEPS, == *,$1,* ]]; }
 step profile || PROFILE=0
@@ -46,7 +49,7 @@ if [[ ${BENCH_QUICK:-0} == 1 ]]; then
     LAT_COUNT=500 PAR_MIB=8 SETUPS=200 DELAY_MIB=8 FLEET_HOSTS=4
 fi
 COMMAND="bash bench/run.sh"
-for v in BENCH_QUICK BENCH_RUNS BENCH_SIZE_MIB BENCH_GCLOUD_MIB BENCH_STARTUP_RUNS BENCH_IDLE_STEPS BENCH_PROFILE BENCH_LAT_COUNT BENCH_PAR_MIB BENCH_SETUPS BENCH_DELAY_MS BENCH_DELAY_MIB BENCH_FLEET BENCH_FLEET_HOSTS BENCH_STALL_RUNS BENCH_STEPS; do
+for v in BENCH_PREV BENCH_QUICK BENCH_RUNS BENCH_SIZE_MIB BENCH_GCLOUD_MIB BENCH_STARTUP_RUNS BENCH_IDLE_STEPS BENCH_PROFILE BENCH_LAT_COUNT BENCH_PAR_MIB BENCH_SETUPS BENCH_DELAY_MS BENCH_DELAY_MIB BENCH_FLEET BENCH_FLEET_HOSTS BENCH_STALL_RUNS BENCH_STEPS; do
     [[ -n ${!v:-} ]] && COMMAND="$v=${!v} $COMMAND"
 done
 STEP_LIMIT=600 # seconds: upper bound for any single client run
@@ -70,6 +73,7 @@ SSHD=$(command -v sshd || echo /usr/sbin/sshd)
 GCLOUD=$(command -v gcloud || true)
 [[ -n $GCLOUD ]] || log "gcloud not found: its rows are skipped"
 [[ $(id -u) == 0 ]] || die "run as root (sshd on loopback needs it)"
+[[ -z $PREV || -x $PREV/iap-ssh ]] || die "BENCH_PREV=$PREV holds no iap-ssh"
 
 log "building release binaries"
 (cd "$ROOT" && cargo build --release --bins --example bench_load --example bench_net) >&2
@@ -265,6 +269,7 @@ client_cmd() {
     socat) echo "socat -b 131072 - TCP:127.0.0.1:${SOCAT_RELAY_PORT[$2]}" ;;
     socat-tls) echo "socat -b 131072 - OPENSSL:127.0.0.1:${SOCAT_TLS_PORT[$2]},cafile=$TMP/ca.pem,nodelay" ;;
     iap-ssh) echo "$BIN/iap-ssh --endpoint $RELAY_URL --ca-file $TMP/ca.pem --access-token-file $TMP/token $INSTANCE.$ZONE.$PROJECT $2" ;;
+    iap-ssh-prev) echo "$PREV/iap-ssh --endpoint $RELAY_URL --ca-file $TMP/ca.pem --access-token-file $TMP/token $INSTANCE.$ZONE.$PROJECT $2" ;;
     gcloud) echo "$GCLOUD compute start-iap-tunnel $INSTANCE $2 --zone $ZONE --project $PROJECT --listen-on-stdin --iap-tunnel-url-override=$RELAY_URL --verbosity=warning" ;;
     esac
 }
@@ -324,6 +329,7 @@ proxy_for() {
     direct) echo "socat - TCP:127.0.0.1:%p" ;;
     socat) echo "socat -b 131072 - TCP:127.0.0.1:${SOCAT_RELAY_PORT[$SSH_PORT]}" ;;
     iap-ssh) echo "$BIN/iap-ssh --endpoint $RELAY_URL --ca-file $TMP/ca.pem --access-token-file $TMP/token $INSTANCE.$ZONE.$PROJECT %p" ;;
+    iap-ssh-prev) echo "$PREV/iap-ssh --endpoint $RELAY_URL --ca-file $TMP/ca.pem --access-token-file $TMP/token $INSTANCE.$ZONE.$PROJECT %p" ;;
     gcloud) echo "$GCLOUD compute start-iap-tunnel $INSTANCE %p --zone $ZONE --project $PROJECT --listen-on-stdin --iap-tunnel-url-override=$RELAY_URL --verbosity=warning" ;;
     esac
 }
@@ -348,7 +354,7 @@ scp_run() {
 # ---------------------------------------------------------------------------------------------
 step bulk && log "bulk: $RUNS runs of $SIZE_MIB MiB each way (socat, iap-ssh), $GC_MIB MiB for gcloud"
 step bulk && for r in $(seq "$RUNS"); do
-    for path in socat socat-tls iap-ssh; do
+    for path in socat socat-tls iap-ssh ${PREV:+iap-ssh-prev}; do
         bulk "$path" up "$BYTES"
         bulk "$path" down "$BYTES"
     done
@@ -376,6 +382,7 @@ rm -f "$SHM/blob" "$SHM/blob_gc" "$SHM/dst"
 step startup && log "start-up: $STARTUP_RUNS runs of ssh ... true, and time to first byte / session id"
 startup_paths=(direct iap-ssh)
 [[ -n $GCLOUD ]] && startup_paths+=(gcloud)
+[[ -n $PREV ]] && startup_paths+=(iap-ssh-prev)
 step startup && for r in $(seq "$STARTUP_RUNS"); do
     for path in "${startup_paths[@]}"; do
         t0=$(now_ns)
@@ -386,15 +393,15 @@ step startup && for r in $(seq "$STARTUP_RUNS"); do
         # Time from exec to the first byte from the backend (sshd's banner, sent as soon as the
         # relay has connected it), and for iap-ssh to its "tunnel open" log line (session id).
         marker=""
-        [[ $path == iap-ssh ]] && marker="tunnel open"
+        [[ $path == iap-ssh* ]] && marker="tunnel open"
         pc=$(proxy_for "$path")
         pc=${pc//%p/$SSH_PORT}
-        if [[ $path == iap-ssh ]]; then pc="${pc/--endpoint/-v -v --endpoint}"; fi
+        if [[ $path == iap-ssh* ]]; then pc="${pc/--endpoint/-v -v --endpoint}"; fi
         out=$(timeout 120 "$TOOL" ttfb "$marker" -- $pc)
         fb=$(sed -n 's/.*first_byte_ms=\([^ ]*\).*/\1/p' <<<"$out")
         mk=$(sed -n 's/.*marker_ms=\([^ ]*\).*/\1/p' <<<"$out")
         record first_byte "$path" "$fb"
-        [[ $path == iap-ssh ]] && record session_id "$path" "$mk"
+        [[ $path == iap-ssh* ]] && record session_id "$path" "$mk"
     done
 done
 
@@ -507,6 +514,10 @@ for r in $(seq "$RUNS"); do
         lat socat-tls "$size" stdio -- $(client_cmd socat-tls "$ECHO")
         # shellcheck disable=SC2046
         lat iap-ssh "$size" stdio -- $(client_cmd iap-ssh "$ECHO")
+        if [[ -n $PREV ]]; then
+            # shellcheck disable=SC2046
+            lat iap-ssh-prev "$size" stdio -- $(client_cmd iap-ssh-prev "$ECHO")
+        fi
         lat socat-tls-listen "$size" tcp "$TLS_LISTEN_PORT"
         lat iap-ssh-listen "$size" tcp "$IAP_LISTEN_PORT"
     done
@@ -810,7 +821,7 @@ declare -A M
 for m in tput_up tput_down ccpu_up ccpu_down rcpu_up rcpu_down rss_up rss_down scp_up scp_down ssh_true first_byte session_id \
     lat50_1 lat99_1 lat999_1 lat50_1024 lat99_1024 lat999_1024 par_mbps_16 par_fast_16 par_slow_16 \
     par_mbps_64 par_fast_64 par_slow_64 setup_rate setup_p50 setup_p99 far_up far_down fleet_wall fleet_cpu stalls stall_runs; do
-    for p in socat socat-tls iap-ssh gcloud direct socat-tls-listen iap-ssh-listen iap-relay haproxy direct-cp iap-ssh-cp; do
+    for p in socat socat-tls iap-ssh iap-ssh-prev gcloud direct socat-tls-listen iap-ssh-listen iap-relay haproxy direct-cp iap-ssh-cp; do
         M[$m,$p]=$(med "$m" "$p")
     done
 done
@@ -969,6 +980,16 @@ if [[ $PROFILE == 1 ]]; then
         echo
         echo "callgrind top self cost, $f:"
         cat "$PROF/top-$f.txt"
+    done
+fi
+if [[ -n $PREV ]]; then
+    echo
+    echo "iap-ssh against the earlier build in $PREV (medians of this run; stdio latency, socat TLS pair alongside):"
+    echo
+    echo "| figure | socat TLS | earlier | this build | this / earlier |"
+    echo "|---|---|---|---|---|"
+    for m in lat50_1 lat99_1 lat50_1024 lat99_1024 session_id tput_up tput_down ccpu_up ccpu_down; do
+        echo "| $m | ${M[$m,socat-tls]} | ${M[$m,iap-ssh-prev]} | ${M[$m,iap-ssh]} | $(ratio "${M[$m,iap-ssh]}" "${M[$m,iap-ssh-prev]}") |"
     done
 fi
 

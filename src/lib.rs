@@ -42,9 +42,12 @@
 //!
 //! Shared:
 //! - [`session::local`]: local ends (TCP, channels to threads); DATA messages built in place.
+//! - [`session::stdio`]: stdin and stdout in the runtime when they are pipes or sockets, else
+//!   on threads; blocking mode restored when done.
 //! - [`session::pump`]: the thin driver: one `select!` joining a local end and a WebSocket,
 //!   doing what [`session::attach`] decides.
-//! - [`wire`]: the subprotocol, WebSocket limits, TLS client settings (reads CA files).
+//! - [`wire`]: the subprotocol, WebSocket limits, TLS client settings (reads CA files; the
+//!   system roots are parsed on a thread while the client connects).
 //! - [`logging`]: diagnostics to stderr only.
 //! - [`signals`]: SIGINT, SIGTERM and SIGHUP as a cancellation, for `iap-ssh`.
 //!
@@ -87,8 +90,9 @@
 //! - [`relay::check`]: `--check-config`: every problem, without side effects.
 //! - [`relay::init`]: `iap-relay init DIR`: CA, certificate, token and a first `relay.toml`.
 //!
-//! Data in stdio mode: stdin → a DATA message built in place → WebSocket → relay → backend
-//! TCP; and back: WebSocket → a slice of the received message (no copy) → stdout.
+//! Data in stdio mode: stdin (read by the runtime, or by a thread for terminals and files) →
+//! a DATA message built in place → WebSocket → relay → backend TCP; and back: WebSocket → a
+//! slice of the received message (no copy) → stdout.
 
 pub mod client;
 pub mod close;

@@ -13,6 +13,8 @@ use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
 
 use crate::frame::MAX_MESSAGE_LEN;
 
+mod roots;
+
 /// The WebSocket subprotocol of the IAP relay.
 pub const SUBPROTOCOL: &str = "relay.tunnel.cloudproxy.app";
 
@@ -25,34 +27,48 @@ pub struct ClientIdentity<'a> {
     pub key: &'a Path,
 }
 
-/// The TLS settings for talking to relays: system roots plus `ca_file`, ring crypto, HTTP/1.1.
+/// The TLS settings for a long-running process (the relay's token-info and JWKS clients):
+/// system roots plus `ca_file`, ring crypto, HTTP/1.1. Start-up time does not matter there, so
+/// this waits for the system roots and a missing trust set stops start-up.
 ///
 /// # Errors
 /// When `ca_file` cannot be read or holds no certificate, or no trusted root is found at all.
 pub fn tls_config(ca_file: Option<&Path>) -> anyhow::Result<Arc<rustls::ClientConfig>> {
-    tls_config_with_client(ca_file.as_slice(), None)
+    build(ca_file.as_slice(), None, true)
 }
 
-/// [`tls_config`] presenting a client certificate when `client` is given (mutual TLS).
+/// The client's TLS settings for talking to relays, presenting a client certificate when
+/// `client` is given (mutual TLS).
+///
+/// Unlike [`tls_config`], this does not wait for the system roots: they are parsed on a
+/// thread of their own while the caller goes on to fetch a token and connect, and finding no
+/// trusted root at all is reported by the first TLS handshake.
 ///
 /// # Errors
-/// As [`tls_config`], and when the client certificate and key cannot be read or do not match.
+/// When a CA file cannot be read or holds no certificate, or the client certificate and key
+/// cannot be read or do not match.
 pub fn tls_config_with_client(
     ca_files: &[&Path],
     client: Option<ClientIdentity<'_>>,
 ) -> anyhow::Result<Arc<rustls::ClientConfig>> {
-    let mut roots = RootCertStore::empty();
-    // The platform's roots (honours SSL_CERT_FILE / SSL_CERT_DIR); unreadable entries are
-    // skipped, as browsers do.
-    let native = rustls_native_certs::load_native_certs();
-    roots.add_parsable_certificates(native.certs);
+    build(ca_files, client, false)
+}
+
+fn build(
+    ca_files: &[&Path],
+    client: Option<ClientIdentity<'_>>,
+    wait_for_roots: bool,
+) -> anyhow::Result<Arc<rustls::ClientConfig>> {
+    // The CA files are the user's own and small: read them now, so a bad one is a usage
+    // error at start-up, as before.
+    let mut extra = RootCertStore::empty();
     for &path in ca_files {
         let mut added = 0;
         for cert in CertificateDer::pem_file_iter(path)
             .with_context(|| format!("reading CA file {}", path.display()))?
         {
             let cert = cert.with_context(|| format!("parsing CA file {}", path.display()))?;
-            roots.add(cert).with_context(|| {
+            extra.add(cert).with_context(|| {
                 format!("CA file {} holds an unusable certificate", path.display())
             })?;
             added += 1;
@@ -61,14 +77,16 @@ pub fn tls_config_with_client(
             bail!("CA file {} holds no PEM certificate", path.display());
         }
     }
-    if roots.is_empty() {
-        bail!("no trusted root certificates found: install ca-certificates or pass --ca-file");
-    }
     let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let verifier = roots::SystemRootsVerifier::start(extra, provider.clone());
+    if wait_for_roots && let Err(e) = verifier.wait() {
+        bail!("{e}");
+    }
     let builder = rustls::ClientConfig::builder_with_provider(provider)
         .with_safe_default_protocol_versions()
         .context("configuring TLS")?
-        .with_root_certificates(roots);
+        .dangerous()
+        .with_custom_certificate_verifier(Arc::new(verifier));
     let mut config = match client {
         None => builder.with_no_client_auth(),
         Some(id) => {
@@ -104,9 +122,13 @@ pub fn tls_config_with_client(
 /// WebSocket limits for relay traffic: one relay message per WebSocket message, 16 KiB
 /// payloads, so anything much larger is refused before it is buffered.
 ///
-/// The read buffer is one message long: tungstenite zero-fills its whole read buffer before
-/// every read, so its 128 KiB default cost most of the CPU on the data path (memset) and
-/// 128 KiB of memory per idle tunnel in the relay (profile in BENCHMARKS.md).
+/// Reads are [`WS_READ_CHUNK`] at a time: tungstenite zero-fills the room for one read before
+/// every read attempt, including the many that find nothing (an uploading client polls for
+/// ACKs after each message it sends). Its 128 KiB default cost most of the CPU on the data
+/// path (memset) and 128 KiB of memory per idle tunnel in the relay; one message (17 KiB)
+/// still cost 14 % of an upload's instructions. A full message is reserved once its header is
+/// read, so a 16 KiB message now takes a few reads from the TLS buffer instead of one, which
+/// costs far less than the zero-filling it saves (profiles in BENCHMARKS.md).
 ///
 /// The write buffer is bounded too. A peer that sends pings and never reads makes tungstenite
 /// queue a pong for every ping; with no bound, each queued pong stayed in the write buffer and
@@ -116,13 +138,15 @@ pub fn tls_config_with_client(
 /// sends only after a flush, so at most [`WS_WRITE_BUFFER`] plus one message is queued.
 pub fn websocket_config() -> WebSocketConfig {
     WebSocketConfig::default()
-        .read_buffer_size(MAX_MESSAGE_LEN + 1024)
+        .read_buffer_size(WS_READ_CHUNK)
         .max_message_size(Some(MAX_MESSAGE_LEN + 1024))
         .max_frame_size(Some(MAX_MESSAGE_LEN + 1024))
         .write_buffer_size(WS_WRITE_BUFFER)
         .max_write_buffer_size(WS_MAX_WRITE_BUFFER)
 }
 
+/// The most tungstenite reads (and zero-fills first) at a time, and its initial read buffer.
+pub const WS_READ_CHUNK: usize = 4 * 1024;
 /// Bytes tungstenite collects before writing to the socket (its default).
 pub const WS_WRITE_BUFFER: usize = 128 * 1024;
 /// The most a WebSocket's write buffer may hold: the collecting buffer, one message, and

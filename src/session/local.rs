@@ -4,8 +4,10 @@
 //! backend TCP connection. Input is read straight into buffers that leave room for the DATA
 //! header, so a DATA message is built in place and its payload is never copied.
 
+use std::fs::File;
 use std::future::Future;
-use std::io;
+use std::io::{self, Read, Write};
+use std::sync::mpsc as std_mpsc;
 
 use bytes::{Buf, BufMut, Bytes, BytesMut};
 use tokio::io::AsyncWriteExt;
@@ -151,7 +153,46 @@ impl ChannelInput {
     pub fn new(rx: mpsc::Receiver<io::Result<Bytes>>) -> Self {
         ChannelInput { rx }
     }
+
+    /// Reads `file` (a blocking stdin) on a thread of its own, [`READ_AHEAD`] messages ahead.
+    ///
+    /// # Errors
+    /// When the thread cannot be started.
+    pub fn spawn_reader(mut file: File) -> io::Result<Self> {
+        let (tx, rx) = mpsc::channel(READ_AHEAD);
+        std::thread::Builder::new()
+            .name("stdin".into())
+            .spawn(move || {
+                let mut buf = MessageBuffer::default();
+                // Zero-filled once: each read lands here and only what was read is copied
+                // into the message, instead of zero-filling a whole message before each read.
+                let mut scratch = vec![0u8; MAX_ARRAY_LEN];
+                loop {
+                    let message = match file.read(&mut scratch) {
+                        Ok(0) => break,
+                        Ok(n) => {
+                            let read = scratch.get(..n).unwrap_or_default();
+                            buf.begin().extend_from_slice(read);
+                            Ok(buf.finish(read.len()))
+                        }
+                        Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                        Err(e) => Err(e),
+                    };
+                    let failed = message.is_err();
+                    if tx.blocking_send(message).is_err() || failed {
+                        break;
+                    }
+                }
+                // Dropping `tx` is the end-of-input signal.
+            })?;
+        Ok(ChannelInput::new(rx))
+    }
 }
+
+/// Messages a reader thread may hold ready before the tunnel takes them.
+pub const READ_AHEAD: usize = 8;
+/// Payloads a writer thread may hold before the tunnel waits for it.
+pub const WRITE_BEHIND: usize = 16;
 
 impl LocalInput for ChannelInput {
     async fn read_message(&mut self) -> io::Result<Option<Bytes>> {
@@ -170,6 +211,28 @@ impl ChannelOutput {
     /// Wraps the sending end; dropping it tells the writer thread to finish.
     pub fn new(tx: mpsc::Sender<Bytes>) -> Self {
         ChannelOutput { tx: Some(tx) }
+    }
+
+    /// Writes to `file` (a blocking stdout) on a thread of its own, which reports on the
+    /// returned channel once it has written everything and the sending end is gone.
+    ///
+    /// # Errors
+    /// When the thread cannot be started.
+    pub fn spawn_writer(mut file: File) -> io::Result<(Self, std_mpsc::Receiver<io::Result<()>>)> {
+        let (tx, mut rx) = mpsc::channel::<Bytes>(WRITE_BEHIND);
+        let (done_tx, done_rx) = std_mpsc::sync_channel(1);
+        std::thread::Builder::new()
+            .name("stdout".into())
+            .spawn(move || {
+                let result = (|| {
+                    while let Some(bytes) = rx.blocking_recv() {
+                        file.write_all(&bytes)?;
+                    }
+                    file.flush()
+                })();
+                let _ = done_tx.send(result);
+            })?;
+        Ok((ChannelOutput::new(tx), done_rx))
     }
 }
 

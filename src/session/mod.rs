@@ -1,6 +1,6 @@
 //! The relay protocol's session: byte accounting ([`state`]), one WebSocket attachment's
-//! decisions ([`attach`]), local ends ([`local`]) and the loop that joins them to a WebSocket
-//! ([`pump`]). Shared by client and relay.
+//! decisions ([`attach`]), local ends ([`local`], and stdin/stdout in [`stdio`]) and the loop
+//! that joins them to a WebSocket ([`pump`]). Shared by client and relay.
 
 pub mod attach;
 mod end;
@@ -9,3 +9,4 @@ mod liveness;
 pub mod local;
 pub mod pump;
 pub mod state;
+pub mod stdio;
