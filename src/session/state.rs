@@ -152,13 +152,19 @@ impl SessionState {
                 previous: self.peer_acked,
             });
         }
+        self.within_sent(ack)?;
+        self.release(ack);
+        Ok(())
+    }
+
+    /// A position the peer claims to hold must not be past what we sent.
+    fn within_sent(&self, ack: u64) -> Result<(), AckError> {
         if ack > self.sent {
             return Err(AckError::BeyondSent {
                 ack,
                 sent: self.sent,
             });
         }
-        self.release(ack);
         Ok(())
     }
 
@@ -201,12 +207,7 @@ impl SessionState {
                 oldest: self.peer_acked,
             });
         }
-        if position > self.sent {
-            return Err(AckError::BeyondSent {
-                ack: position,
-                sent: self.sent,
-            });
-        }
+        self.within_sent(position)?;
         self.release(position);
         self.ack_sent = 0;
         let mut resend: Vec<Bytes> = self.unacked.iter().cloned().collect();

@@ -11,6 +11,11 @@ const K: Keepalive = Keepalive {
     timeout: Duration::from_secs(10),
 };
 
+/// A fresh client attachment of `state`, nothing to resend, local input still open.
+fn client(state: &mut SessionState, now: Instant) -> AttachState<'_> {
+    AttachState::new(state, settings(Role::Client), vec![], false, now)
+}
+
 fn settings(role: Role) -> Settings {
     Settings::new(role)
 }
@@ -80,13 +85,7 @@ fn stopped(action: Action) -> String {
 #[tokio::test(start_paused = true)]
 async fn an_ack_goes_out_after_the_idle_delay_or_at_once_past_the_threshold() {
     let mut state = SessionState::new(1 << 20);
-    let mut a = AttachState::new(
-        &mut state,
-        settings(Role::Client),
-        vec![],
-        false,
-        Instant::now(),
-    );
+    let mut a = client(&mut state, Instant::now());
     assert_eq!(a.next_deadline(), None);
 
     let start = Instant::now();
@@ -257,7 +256,7 @@ async fn each_role_closes_on_a_broken_peer_with_its_own_code() {
 async fn local_failures_detaches_and_pings_from_the_peer() {
     let now = Instant::now();
     let mut state = SessionState::new(1 << 20);
-    let mut a = AttachState::new(&mut state, settings(Role::Client), vec![], false, now);
+    let mut a = client(&mut state, now);
     a.on_read_failed("stdin closed badly", now);
     assert_eq!(drain(&mut a), ["CLOSE 1000 normal closure"]);
 
@@ -289,7 +288,7 @@ async fn local_failures_detaches_and_pings_from_the_peer() {
 async fn local_input_pauses_while_the_websocket_is_behind() {
     let now = Instant::now();
     let mut state = SessionState::new(1 << 20);
-    let mut a = AttachState::new(&mut state, settings(Role::Client), vec![], false, now);
+    let mut a = client(&mut state, now);
     for _ in 0..OUTBOX_LIMIT {
         assert!(a.wants_input());
         a.on_local_data(local("x"), now);

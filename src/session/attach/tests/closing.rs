@@ -35,7 +35,7 @@ async fn closing_starts_once_and_ends_on_the_peer_reply() {
 async fn closing_ends_at_the_deadline_without_a_reply() {
     let mut state = SessionState::new(1 << 20);
     let start = Instant::now();
-    let mut a = AttachState::new(&mut state, settings(Role::Client), vec![], false, start);
+    let mut a = client(&mut state, start);
     a.on_cancel(start);
     assert_eq!(drain(&mut a), ["CLOSE 1000 "]);
     assert!(matches!(
@@ -49,7 +49,7 @@ async fn closing_ends_at_the_deadline_without_a_reply() {
 
     // A connection that drops after our close ended as our close said, not as a loss.
     let mut state = SessionState::new(1 << 20);
-    let mut a = AttachState::new(&mut state, settings(Role::Client), vec![], false, start);
+    let mut a = client(&mut state, start);
     a.on_cancel(start);
     assert_eq!(stopped(a.on_lost("reset".into())), "stop Cancelled");
 }
@@ -58,7 +58,7 @@ async fn closing_ends_at_the_deadline_without_a_reply() {
 async fn local_eof_waits_for_the_ack_then_closes() {
     let mut state = SessionState::new(1 << 20);
     let start = Instant::now();
-    let mut a = AttachState::new(&mut state, settings(Role::Client), vec![], false, start);
+    let mut a = client(&mut state, start);
     a.on_local_data(local("bye"), start);
     a.on_local_eof(start);
     assert!(!a.wants_input());
@@ -84,7 +84,7 @@ async fn local_eof_waits_for_the_ack_then_closes() {
 async fn local_eof_closes_anyway_when_the_ack_never_comes() {
     let mut state = SessionState::new(1 << 20);
     let start = Instant::now();
-    let mut a = AttachState::new(&mut state, settings(Role::Client), vec![], false, start);
+    let mut a = client(&mut state, start);
     a.on_local_data(local("bye"), start);
     assert_eq!(drain(&mut a), ["DATA bye"]);
     a.on_local_eof(start);
