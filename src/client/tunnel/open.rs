@@ -215,7 +215,8 @@ pub(super) enum Retry {
     Yes,
     /// The relay asked for re-authentication (4004): try again with a fresh token.
     FreshToken,
-    /// The upgrade got an HTTP error: try again for [`REFUSED_RETRY_BUDGET`] only.
+    /// The upgrade got an HTTP error: try again for
+    /// [`REFUSED_RETRY_BUDGET`](super::resume::REFUSED_RETRY_BUDGET) only.
     Refused,
     /// A refusal or protocol violation: final.
     No,

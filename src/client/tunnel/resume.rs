@@ -19,7 +19,7 @@ const MAX_RETRY: Duration = Duration::from_secs(20);
 /// How long HTTP refusals of a resume (a load balancer with no node for the session) are
 /// retried before the tunnel is given up: long enough for a balancer restart, short enough
 /// that a user whose relay died is told so quickly.
-const REFUSED_RETRY_BUDGET: Duration = Duration::from_secs(30);
+pub(super) const REFUSED_RETRY_BUDGET: Duration = Duration::from_secs(30);
 
 impl TunnelConfig {
     /// Resumes session `sid` on a new WebSocket, retrying with backoff until the budget runs
