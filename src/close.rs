@@ -1,9 +1,11 @@
-//! WebSocket close codes of the IAP relay protocol: their numbers, the reason
-//! texts a relay sends, what each means for a client, and the one-line message
-//! a user sees (`protocol.md` §6).
+//! WebSocket close codes of the IAP relay protocol (`protocol.md` §6): their numbers, which
+//! end sends each and the reason text it carries, what each means for a session (finished,
+//! resumable or fatal), and how a reason from an untrusted peer is made safe to print.
+//!
+//! What a close means for the user, the exit status and the one-line message, is the
+//! client's: [`client::error`](crate::client::error).
 
-// The client's exit statuses and its messages for close codes live in the client
-// (`client::error`); these names stay here for code written against this path.
+// Re-exported for code and tests written against this path; defined in `client::error`.
 pub use crate::client::error::{ExitKind, exit_kind};
 
 /// Normal closure.

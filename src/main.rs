@@ -5,7 +5,7 @@
 //! outcome into one stderr line and an exit status.
 
 use std::io::Write;
-use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::Arc;
@@ -44,7 +44,7 @@ fn main() -> ExitCode {
     if args.print_ssh_config {
         return print_ssh_config(&args);
     }
-    let listen = match args.listen.as_deref().map(parse_listen).transpose() {
+    let listen = match args.listen.as_deref().map(listen::parse_addr).transpose() {
         Ok(listen) => listen,
         Err(e) => return fail(e),
     };
@@ -218,22 +218,6 @@ fn reexec_for_token_proxy(config: &TunnelConfig) -> Option<ExitCode> {
     Some(fail(Error::other(format!(
         "running again with the proxy set: {e}"
     ))))
-}
-
-/// `127.0.0.1:0`, `[::1]:0`, `localhost:N`, or a bare port (on 127.0.0.1).
-fn parse_listen(text: &str) -> Result<SocketAddr, Error> {
-    if let Ok(addr) = text.parse::<SocketAddr>() {
-        return Ok(addr);
-    }
-    let localhost = IpAddr::V4(Ipv4Addr::LOCALHOST);
-    let port = text.strip_prefix("localhost:").unwrap_or(text);
-    port.parse::<u16>()
-        .map(|port| SocketAddr::new(localhost, port))
-        .map_err(|_| {
-            Error::usage(format!(
-                "--listen {text:?} is not an address: use IP:PORT, such as 127.0.0.1:0 or [::1]:0 (port 0 picks a free port)"
-            ))
-        })
 }
 
 fn runtime(multi_thread: bool) -> Result<tokio::runtime::Runtime, ExitCode> {

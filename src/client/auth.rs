@@ -6,7 +6,8 @@
 //! kept with their real expiry in the on-disk [`TokenCache`] when one is given, so that one
 //! process after another reuses them. The [`Token`] type cannot be
 //! printed: its `Debug` is redacted and it has no `Display`, so it cannot leak into a log line
-//! or an error message by accident.
+//! or an error message by accident. The sources themselves, and how each fetches a token, are
+//! in `source`.
 
 use std::fmt;
 use std::path::PathBuf;
@@ -16,10 +17,14 @@ use std::time::Duration;
 
 use tokio_tungstenite::tungstenite::http::HeaderValue;
 
-use super::adc::{Library, Origin, TokenInfo};
+use super::adc::{Library, Origin};
 use super::cache::{Cached, TokenCache, unix_now};
 use super::error::Error;
 use super::gcloud::{GcloudAnswer, GcloudRunner};
+use super::tokeninfo::TokenInfo;
+use source::{GcloudSource, Source};
+
+mod source;
 
 /// OAuth scopes requested from Google: `cloud-platform` carries IAP's permission and
 /// `userinfo.email` lets a relay's token-info check learn who the caller is.
@@ -75,33 +80,6 @@ impl fmt::Debug for Token {
     }
 }
 
-/// Where tokens come from.
-enum Source {
-    /// A file holding an access token, re-read before every handshake (another process may
-    /// refresh it), as gcloud's `CLOUDSDK_AUTH_ACCESS_TOKEN_FILE`. Never cached: the file is
-    /// already the cache. `how` names the flag, variable or property that chose it.
-    AccessTokenFile { path: PathBuf, how: String },
-    /// The gcloud account, through `gcloud config config-helper`.
-    Gcloud(Box<GcloudSource>),
-    /// `google-cloud-auth`: a credentials file of any type, or the metadata server.
-    Library {
-        library: Library,
-        tokeninfo: Option<TokenInfo>,
-        fingerprint: Vec<u8>,
-    },
-}
-
-/// The gcloud account, through `gcloud config config-helper`.
-struct GcloudSource {
-    runner: GcloudRunner,
-    /// The answer read while the configuration was built, used for the first token.
-    primed: Mutex<Option<GcloudAnswer>>,
-    /// Set after a refusal: the next call asks gcloud for a fresh token.
-    force_refresh: AtomicBool,
-    fingerprint: Vec<u8>,
-    account: Option<String>,
-}
-
 /// A way of obtaining tokens, with an optional on-disk cache.
 pub struct Credentials {
     source: Source,
@@ -137,14 +115,6 @@ impl KeyFileInfo {
     pub fn parse(text: &str) -> Option<KeyFileInfo> {
         serde_json::from_str(text).ok()
     }
-}
-
-/// A token fetched just now, with what came with it.
-struct Fresh {
-    token: Token,
-    expires_at: Option<u64>,
-    principal: Option<String>,
-    properties: Option<serde_json::Value>,
 }
 
 impl Credentials {
@@ -314,7 +284,7 @@ impl Credentials {
             tracing::info!(source = %self.describe_with_identity(), "using a cached token");
             return Ok(cached.token);
         }
-        let fresh = tokio::time::timeout(TOKEN_TIMEOUT, self.fetch())
+        let fresh = tokio::time::timeout(TOKEN_TIMEOUT, self.source.fetch())
             .await
             .unwrap_or_else(|_| {
                 Err(Error::other(format!(
@@ -389,94 +359,6 @@ impl Credentials {
             tracing::warn!("{warning}");
         }
     }
-
-    /// A fresh token and, when known, its expiry in Unix seconds.
-    async fn fetch(&self) -> Result<Fresh, Error> {
-        let auth = Error::auth;
-        match &self.source {
-            Source::AccessTokenFile { path, how } => {
-                let text = tokio::fs::read_to_string(path).await.map_err(|e| {
-                    auth(format!(
-                        "reading access token file {} ({how}): {e}",
-                        path.display()
-                    ))
-                })?;
-                let token = Token::new(&text).map_err(|e| {
-                    auth(format!("access token file {} ({how}): {e}", path.display()))
-                })?;
-                Ok(Fresh {
-                    token,
-                    expires_at: None,
-                    principal: None,
-                    properties: None,
-                })
-            }
-            Source::Gcloud(g) => {
-                let GcloudSource {
-                    runner,
-                    primed,
-                    force_refresh,
-                    account,
-                    ..
-                } = g.as_ref();
-                let ready = primed.lock().ok().and_then(|mut p| p.take());
-                let answer = match ready {
-                    Some(answer) => answer,
-                    None => {
-                        let runner = runner.clone();
-                        let force = force_refresh.swap(false, Ordering::Relaxed);
-                        tokio::task::spawn_blocking(move || runner.run(force))
-                            .await
-                            .map_err(|e| auth(format!("running gcloud: {e}")))??
-                    }
-                };
-                let principal = answer
-                    .properties
-                    .impersonate
-                    .clone()
-                    .or(answer.properties.account.clone())
-                    .or_else(|| account.clone());
-                let properties = serde_json::to_value(&answer.properties).ok();
-                Ok(Fresh {
-                    token: answer.token,
-                    expires_at: answer.expires_at,
-                    principal,
-                    properties,
-                })
-            }
-            Source::Library {
-                library, tokeninfo, ..
-            } => {
-                let (token, known_expiry) = library.fetch().await?;
-                // google-cloud-auth keeps the expiry to itself; token-info tells it (once per
-                // fresh token, as the cache then serves it).
-                let facts = match (known_expiry, tokeninfo) {
-                    (Some(expires_at), _) => Some(super::adc::TokenFacts {
-                        expires_at,
-                        email: None,
-                    }),
-                    (None, Some(info)) => match info.lookup(&token).await {
-                        Ok(facts) => Some(facts),
-                        Err(e) => {
-                            tracing::info!("not caching the token: its expiry is unknown ({e})");
-                            None
-                        }
-                    },
-                    (None, None) => None,
-                };
-                let principal = library
-                    .named_principal()
-                    .map(str::to_owned)
-                    .or_else(|| facts.as_ref().and_then(|f| f.email.clone()));
-                Ok(Fresh {
-                    token,
-                    expires_at: facts.map(|f| f.expires_at),
-                    principal,
-                    properties: None,
-                })
-            }
-        }
-    }
 }
 
 fn sha256(bytes: &[u8]) -> Vec<u8> {
@@ -486,45 +368,4 @@ fn sha256(bytes: &[u8]) -> Vec<u8> {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn token_is_redacted_and_validated() {
-        let token = Token::new("  ya29.secret-value\n").unwrap();
-        assert_eq!(format!("{token:?}"), "Token(<redacted>)");
-        let header = token.authorization();
-        assert!(header.is_sensitive());
-        assert_eq!(header.to_str().unwrap(), "Bearer ya29.secret-value");
-        for bad in ["", "  \n", "two words", "caf\u{e9}"] {
-            let err = Token::new(bad).unwrap_err().to_string();
-            assert!(!err.contains("words") && !err.contains("caf"), "{err}");
-        }
-    }
-
-    #[tokio::test]
-    async fn token_file_is_read_per_call_and_errors_name_the_file() {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("token");
-        let creds = Credentials::access_token_file(path.clone(), "--access-token-file");
-        let err = creds.token().await.unwrap_err();
-        assert!(
-            err.message.contains("reading access token file")
-                && err.message.contains("--access-token-file"),
-            "{err}"
-        );
-        std::fs::write(&path, "first\n").unwrap();
-        assert_eq!(creds.token().await.unwrap().authorization(), "Bearer first");
-        std::fs::write(&path, "second").unwrap();
-        assert_eq!(
-            creds.token().await.unwrap().authorization(),
-            "Bearer second"
-        );
-        std::fs::write(&path, "not a token").unwrap();
-        let err = creds.token().await.unwrap_err().message;
-        assert!(
-            err.contains("access token file") && !err.contains("not a token"),
-            "{err}"
-        );
-    }
-}
+mod tests;

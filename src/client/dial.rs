@@ -15,9 +15,12 @@ use tokio_tungstenite::tungstenite::http::{HeaderValue, Uri, header};
 use tokio_util::either::Either;
 
 use super::auth::Token;
-use super::error::{Error, ExitKind};
+use super::error::Error;
 use super::proxy::Proxy;
 use crate::wire::{SUBPROTOCOL, websocket_config};
+use failure::{tls_alert_hint, upgrade_error};
+
+mod failure;
 
 /// The `Origin` every IAP client sends; not a URL.
 pub const ORIGIN: &str = "bot:iap-tunneler";
@@ -339,144 +342,5 @@ async fn step<F: Future>(fut: F, what: impl FnOnce() -> String) -> Result<F::Out
         })
 }
 
-fn upgrade_error(relay: &str, e: tokio_tungstenite::tungstenite::Error) -> Error {
-    use tokio_tungstenite::tungstenite::Error as WsError;
-    match e {
-        WsError::Http(response) => {
-            let status = response.status();
-            let (kind, hint) = match status.as_u16() {
-                401 => (
-                    ExitKind::Authentication,
-                    "the relay did not accept the credentials: check the token source (--access-token-file, --credentials-file, or `gcloud auth application-default login`)",
-                ),
-                403 => (
-                    ExitKind::NotAuthorized,
-                    "the relay refused access: ask for roles/iap.tunnelResourceAccessor, or check that a proxy allows WebSocket upgrades",
-                ),
-                404 => (
-                    ExitKind::NotFound,
-                    "the relay has no such endpoint: check --endpoint (its path should end in /v4)",
-                ),
-                _ => (ExitKind::Other, "check --endpoint and the relay's logs"),
-            };
-            Error {
-                http_status: Some(status.as_u16()),
-                ..Error::new(
-                    kind,
-                    format!(
-                        "the relay at {relay} answered the WebSocket upgrade with HTTP {status}: {hint}"
-                    ),
-                )
-            }
-        }
-        WsError::Io(io) if tls_alert_hint(&io, relay).is_some() => {
-            Error::auth(tls_alert_hint(&io, relay).unwrap_or_default())
-        }
-        other => Error::other(format!(
-            "WebSocket upgrade at the relay {relay} failed: {other}"
-        )),
-    }
-}
-
-/// A clear message when the relay ended TLS because of our client certificate (or its
-/// absence). In TLS 1.3 the server checks the client's certificate after the client has
-/// finished its side, so the alert shows up on the first read, during the upgrade.
-fn tls_alert_hint(e: &std::io::Error, relay: &str) -> Option<String> {
-    use rustls::AlertDescription as A;
-    let alert = match e.get_ref()?.downcast_ref::<rustls::Error>()? {
-        rustls::Error::AlertReceived(alert) => *alert,
-        e => return server_cert_hint(e, relay),
-    };
-    match alert {
-        A::CertificateRequired => Some(format!(
-            "the relay at {relay} requires a client certificate: pass --client-cert and --client-key"
-        )),
-        A::BadCertificate
-        | A::UnknownCA
-        | A::CertificateUnknown
-        | A::CertificateExpired
-        | A::CertificateRevoked
-        | A::UnsupportedCertificate
-        | A::AccessDenied
-        // What rustls sends when a certificate's signature does not verify against the CA.
-        | A::DecryptError => Some(format!(
-            "the relay at {relay} did not accept the client certificate (TLS alert {alert:?}): use one issued by a CA the relay trusts, and check that it has not expired"
-        )),
-        _ => None,
-    }
-}
-
-/// What to do when the relay's own certificate is refused for a reason the operator can fix.
-fn server_cert_hint(e: &rustls::Error, relay: &str) -> Option<String> {
-    use crate::relay::tls::{CA_AS_LEAF_FIX, is_ca_used_as_end_entity};
-    is_ca_used_as_end_entity(e).then(|| {
-        format!(
-            "the relay at {relay} presents a CA certificate as its own (CaUsedAsEndEntity), which TLS clients refuse: on the relay, {CA_AS_LEAF_FIX}"
-        )
-    })
-}
-
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn endpoints_parse_like_gcloud_overrides() {
-        let cases = [
-            (
-                "wss://tunnel.cloudproxy.app/v4",
-                "wss://tunnel.cloudproxy.app/v4/connect?q",
-            ),
-            ("wss://127.0.0.1:8443", "wss://127.0.0.1:8443/v4/connect?q"),
-            ("wss://127.0.0.1:8443/", "wss://127.0.0.1:8443/v4/connect?q"),
-            (
-                "wss://relay.example/custom/",
-                "wss://relay.example/custom/connect?q",
-            ),
-            ("wss://[::1]:9000", "wss://[::1]:9000/v4/connect?q"),
-            ("ws://127.0.0.1:80", "ws://127.0.0.1/v4/connect?q"),
-            (
-                "wss://tunnel.cloudproxy.app:8443",
-                "wss://tunnel.cloudproxy.app:8443/v4/connect?q",
-            ),
-            ("wss://[::1]:443", "wss://[::1]/v4/connect?q"),
-            ("ws://localhost:8080/v4", "ws://localhost:8080/v4/connect?q"),
-        ];
-        for (input, url) in cases {
-            let endpoint = Endpoint::parse(input).unwrap();
-            assert_eq!(endpoint.url("connect", "q"), url, "{input}");
-        }
-    }
-
-    #[test]
-    fn host_header_leaves_the_default_port_out_as_gcloud_does() {
-        let cases = [
-            (DEFAULT_ENDPOINT, "tunnel.cloudproxy.app"),
-            (DEFAULT_MTLS_ENDPOINT, "mtls.tunnel.cloudproxy.app"),
-            ("wss://relay.example:8443/v4", "relay.example:8443"),
-            ("ws://127.0.0.1:8080", "127.0.0.1:8080"),
-        ];
-        for (endpoint, host) in cases {
-            let url = Endpoint::parse(endpoint).unwrap().url("connect", "q");
-            let request = url.as_str().into_client_request().unwrap();
-            assert_eq!(request.headers()[header::HOST], host, "{endpoint}");
-        }
-    }
-
-    #[test]
-    fn bad_endpoints_are_clear_errors() {
-        let cases = [
-            ("ftp://x", "must start with wss://"),
-            (
-                "ws://relay.example",
-                "refusing to send credentials over plain ws://",
-            ),
-            ("wss://x/v4?a=b", "must not have a query"),
-            ("not a url", "is not a URL"),
-        ];
-        for (input, expected) in cases {
-            let err = Endpoint::parse(input).unwrap_err().to_string();
-            assert!(err.contains(expected), "{input}: {err}");
-        }
-    }
-}
+mod tests;

@@ -198,15 +198,17 @@ mod tests {
     #[test]
     fn exit_codes() {
         use ExitKind::*;
-        let kinds = [
-            Other,
-            Usage,
-            Authentication,
-            NotAuthorized,
-            NotFound,
-            BackendUnreachable,
+        let table = [
+            (Other, 1),
+            (Usage, 2),
+            (Authentication, 3),
+            (NotAuthorized, 4),
+            (NotFound, 5),
+            (BackendUnreachable, 6),
         ];
-        assert_eq!(kinds.map(ExitKind::code), [1, 2, 3, 4, 5, 6]);
+        for (kind, code) in table {
+            assert_eq!(kind.code(), code, "{kind:?}");
+        }
     }
 
     #[test]

@@ -6,7 +6,7 @@
 //! (each closes its WebSocket and delivers what it already received), wait a bounded time.
 
 use std::fmt;
-use std::net::SocketAddr;
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
@@ -16,6 +16,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{Instrument, info, info_span, warn};
 
+use super::error::Error;
 use super::tunnel::TunnelConfig;
 use crate::session::local::{TcpInput, TcpOutput};
 use crate::session::pump::Session;
@@ -26,6 +27,26 @@ use crate::session::state::DEFAULT_MAX_UNACKED;
 pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
 /// Pause after a failed `accept` (e.g. out of file descriptors) so the loop does not spin.
 const ACCEPT_BACKOFF: Duration = Duration::from_millis(100);
+
+/// The `--listen` address: `127.0.0.1:0`, `[::1]:0`, `localhost:N`, or a bare port (on
+/// 127.0.0.1).
+///
+/// # Errors
+/// A usage error naming the text and the forms it may take.
+pub fn parse_addr(text: &str) -> Result<SocketAddr, Error> {
+    if let Ok(addr) = text.parse::<SocketAddr>() {
+        return Ok(addr);
+    }
+    let localhost = IpAddr::V4(Ipv4Addr::LOCALHOST);
+    let port = text.strip_prefix("localhost:").unwrap_or(text);
+    port.parse::<u16>()
+        .map(|port| SocketAddr::new(localhost, port))
+        .map_err(|_| {
+            Error::usage(format!(
+                "--listen {text:?} is not an address: use IP:PORT, such as 127.0.0.1:0 or [::1]:0 (port 0 picks a free port)"
+            ))
+        })
+}
 
 /// What a listener did, for the summary line at exit.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]

@@ -83,90 +83,83 @@ impl Metrics {
     /// The Prometheus text exposition.
     pub fn render(&self) -> String {
         let mut out = String::new();
-        let _ = writeln!(
-            out,
-            "# HELP iap_relay_sessions_open Tunnels open now (attached or waiting for resume)."
+        let o = &mut out;
+        let load = |n: &AtomicU64| n.load(Ordering::Relaxed);
+        let open = "iap_relay_sessions_open";
+        family(
+            o,
+            open,
+            "gauge",
+            "Tunnels open now (attached or waiting for resume).",
         );
-        let _ = writeln!(out, "# TYPE iap_relay_sessions_open gauge");
-        let _ = writeln!(out, "iap_relay_sessions_open {}", self.open());
-        let _ = writeln!(
-            out,
-            "# HELP iap_relay_sessions_total Tunnel requests by result."
+        sample(o, open, "", self.open());
+        let total = "iap_relay_sessions_total";
+        family(o, total, "counter", "Tunnel requests by result.");
+        by_label(o, total, "result", &self.sessions_by_result);
+        let failures = "iap_relay_auth_failures_total";
+        family(o, failures, "counter", "Refused credentials by reason.");
+        by_label(o, failures, "reason", &self.auth_failures);
+        let bytes = "iap_relay_bytes_total";
+        family(
+            o,
+            bytes,
+            "counter",
+            "Tunnel payload bytes of ended sessions.",
         );
-        let _ = writeln!(out, "# TYPE iap_relay_sessions_total counter");
-        for (result, n) in self
-            .sessions_by_result
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .iter()
-        {
-            let _ = writeln!(out, "iap_relay_sessions_total{{result=\"{result}\"}} {n}");
+        sample(
+            o,
+            bytes,
+            "direction=\"from_client\"",
+            load(&self.bytes_from_clients),
+        );
+        sample(
+            o,
+            bytes,
+            "direction=\"to_client\"",
+            load(&self.bytes_to_clients),
+        );
+        let stalls = "iap_relay_stalls_total";
+        family(
+            o,
+            stalls,
+            "counter",
+            "Sessions whose client held more than 32 KiB unacknowledged with no ACK for 10 s.",
+        );
+        sample(o, stalls, "", load(&self.stalls));
+        let handshake = "iap_relay_handshake_seconds";
+        family(o, handshake, "histogram", "Accept to first relay message.");
+        let bucket = format!("{handshake}_bucket");
+        for (n, bound) in self.handshake_buckets.iter().zip(HANDSHAKE_BUCKETS) {
+            sample(o, &bucket, &format!("le=\"{bound}\""), load(n));
         }
-        let _ = writeln!(
-            out,
-            "# HELP iap_relay_auth_failures_total Refused credentials by reason."
-        );
-        let _ = writeln!(out, "# TYPE iap_relay_auth_failures_total counter");
-        for (reason, n) in self
-            .auth_failures
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .iter()
-        {
-            let _ = writeln!(
-                out,
-                "iap_relay_auth_failures_total{{reason=\"{reason}\"}} {n}"
-            );
-        }
-        let _ = writeln!(
-            out,
-            "# HELP iap_relay_bytes_total Tunnel payload bytes of ended sessions."
-        );
-        let _ = writeln!(out, "# TYPE iap_relay_bytes_total counter");
-        let _ = writeln!(
-            out,
-            "iap_relay_bytes_total{{direction=\"from_client\"}} {}",
-            self.bytes_from_clients.load(Ordering::Relaxed)
-        );
-        let _ = writeln!(
-            out,
-            "iap_relay_bytes_total{{direction=\"to_client\"}} {}",
-            self.bytes_to_clients.load(Ordering::Relaxed)
-        );
-        let _ = writeln!(
-            out,
-            "# HELP iap_relay_stalls_total Sessions whose client held more than 32 KiB unacknowledged with no ACK for 10 s."
-        );
-        let _ = writeln!(out, "# TYPE iap_relay_stalls_total counter");
-        let _ = writeln!(
-            out,
-            "iap_relay_stalls_total {}",
-            self.stalls.load(Ordering::Relaxed)
-        );
-        let _ = writeln!(
-            out,
-            "# HELP iap_relay_handshake_seconds Accept to first relay message."
-        );
-        let _ = writeln!(out, "# TYPE iap_relay_handshake_seconds histogram");
-        for (bucket, bound) in self.handshake_buckets.iter().zip(HANDSHAKE_BUCKETS) {
-            let _ = writeln!(
-                out,
-                "iap_relay_handshake_seconds_bucket{{le=\"{bound}\"}} {}",
-                bucket.load(Ordering::Relaxed)
-            );
-        }
-        let count = self.handshake_count.load(Ordering::Relaxed);
-        let _ = writeln!(
-            out,
-            "iap_relay_handshake_seconds_bucket{{le=\"+Inf\"}} {count}"
-        );
-        let _ = writeln!(
-            out,
-            "iap_relay_handshake_seconds_sum {}",
-            self.handshake_micros.load(Ordering::Relaxed) as f64 / 1e6
-        );
-        let _ = writeln!(out, "iap_relay_handshake_seconds_count {count}");
+        let count = load(&self.handshake_count);
+        sample(o, &bucket, "le=\"+Inf\"", count);
+        let sum = load(&self.handshake_micros) as f64 / 1e6;
+        sample(o, &format!("{handshake}_sum"), "", sum);
+        sample(o, &format!("{handshake}_count"), "", count);
         out
+    }
+}
+
+/// A metric family's `# HELP` and `# TYPE` lines.
+fn family(out: &mut String, name: &str, kind: &str, help: &str) {
+    let _ = writeln!(out, "# HELP {name} {help}");
+    let _ = writeln!(out, "# TYPE {name} {kind}");
+}
+
+/// One sample line; `labels` is the text inside the braces, empty for none.
+fn sample(out: &mut String, name: &str, labels: &str, value: impl std::fmt::Display) {
+    let _ = if labels.is_empty() {
+        writeln!(out, "{name} {value}")
+    } else {
+        writeln!(out, "{name}{{{labels}}} {value}")
+    };
+}
+
+/// One sample per entry of `counts`, labelled `label="key"`.
+fn by_label(out: &mut String, name: &str, label: &str, counts: &Mutex<BTreeMap<&str, u64>>) {
+    for (key, n) in counts.lock().unwrap_or_else(|p| p.into_inner()).iter() {
+        sample(out, name, &format!("{label}=\"{key}\""), n);
     }
 }
 

@@ -5,7 +5,8 @@
 //! or the end of local input, a timer) to [`AttachState`] with the current time, sends what
 //! [`AttachState::next_outgoing`] hands out, sleeps until [`AttachState::next_deadline`] and
 //! carries out the [`Action`] an event returns. Time is an argument, so tests run on paused
-//! time without sockets.
+//! time without sockets. How an attachment closes (after local EOF, or at once on a failure)
+//! is in `closing`.
 
 use std::collections::VecDeque;
 use std::time::Duration;
@@ -13,14 +14,15 @@ use std::time::Duration;
 use bytes::Bytes;
 use tokio::time::Instant;
 use tokio_tungstenite::tungstenite::Message;
-use tokio_tungstenite::tungstenite::protocol::CloseFrame;
-use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 
 use super::inbound::{Inbound, classify, merge_long_close};
 use super::liveness::{Check, Liveness};
 use super::state::SessionState;
 use crate::close;
 use crate::frame;
+use closing::{Closing, Eof, close_message};
+
+mod closing;
 
 pub use super::end::PumpEnd;
 pub use super::inbound::Role;
@@ -78,20 +80,6 @@ pub enum Action {
     FlushThenStop(PumpEnd),
     /// Send this close, with a short bounded try (the connection may be dead), then stop.
     CloseThenStop(Message, PumpEnd),
-}
-
-/// Local input has ended; the close waits for the peer's ACK of everything, but not forever.
-#[derive(Clone, Copy, Debug)]
-enum Eof {
-    WaitingUntil(Instant),
-    Expired,
-}
-
-/// Our close is queued; the peer has until `deadline` to answer it.
-#[derive(Debug)]
-struct Closing {
-    deadline: Instant,
-    end: PumpEnd,
 }
 
 /// The decisions of one WebSocket attachment of a session.
@@ -401,51 +389,6 @@ impl<'s> AttachState<'s> {
         let error = format!("{what}: {error}");
         (code, PumpEnd::LocalFailed { error, code })
     }
-
-    /// Closes after local EOF once everything queued went out and the peer acknowledged all
-    /// we sent, or the wait for that ran out.
-    fn close_if_input_done(&mut self, now: Instant) {
-        let expired = match self.eof {
-            None => return,
-            Some(Eof::Expired) => true,
-            Some(Eof::WaitingUntil(at)) => at <= now,
-        };
-        if self.outbox.is_empty() && (self.state.unacked() == 0 || expired) {
-            self.begin_closing(self.settings.eof_close, "", PumpEnd::LocalEof, now);
-        }
-    }
-
-    /// Queues our close and starts waiting for the peer's reply; only the first call counts.
-    fn begin_closing(&mut self, code: u16, reason: &str, end: PumpEnd, now: Instant) {
-        if self.closing.is_some() {
-            return;
-        }
-        self.outbox.push_back(close_message(code, reason));
-        self.closing = Some(Closing {
-            deadline: now + CLOSE_WAIT,
-            end,
-        });
-    }
-
-    /// Begins closing, dropping what is still queued: none of it matters any more.
-    fn close_now(&mut self, code: u16, reason: &str, end: PumpEnd, now: Instant) {
-        if self.closing.is_none() {
-            self.outbox.clear();
-        }
-        self.begin_closing(code, reason, end, now);
-    }
-
-    /// How the attachment ends: as our close said, if we sent one, or as `otherwise`.
-    fn end_or(&mut self, otherwise: PumpEnd) -> PumpEnd {
-        self.closing.take().map_or(otherwise, |c| c.end)
-    }
-}
-
-fn close_message(code: u16, reason: &str) -> Message {
-    Message::Close(Some(CloseFrame {
-        code: CloseCode::from(code),
-        reason: reason.to_owned().into(),
-    }))
 }
 
 #[cfg(test)]

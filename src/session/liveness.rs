@@ -162,6 +162,13 @@ mod tests {
         seen
     }
 
+    /// The second at which `run` gave the connection up, if it did.
+    fn dead_at(seen: &[(u64, &str)]) -> Option<u64> {
+        seen.iter()
+            .find(|(_, what)| *what == "dead")
+            .map(|(s, _)| *s)
+    }
+
     #[test]
     fn a_relay_that_answers_pings_is_never_torn_down_while_data_waits_for_its_ack() {
         let seen = run(120, true, |_| true, &[]);
@@ -177,17 +184,11 @@ mod tests {
         assert_eq!(run(60, true, |_| false, &[]), [(5, "ping"), (11, "dead")]);
         // Answered pings until second 30, then nothing: the unanswered ping decides.
         let seen = run(120, true, |s| s < 30, &[]);
-        let dead = seen
-            .iter()
-            .find(|(_, what)| *what == "dead")
-            .map(|(s, _)| *s);
+        let dead = dead_at(&seen);
         assert!(dead.is_some_and(|s| (30..=47).contains(&s)), "{seen:?}");
         // Idle, pings answered until 30: dead within interval + timeout of the last answer.
         let seen = run(120, false, |s| s < 30, &[]);
-        let dead = seen
-            .iter()
-            .find(|(_, what)| *what == "dead")
-            .map(|(s, _)| *s);
+        let dead = dead_at(&seen);
         assert!(dead.is_some_and(|s| (30..=52).contains(&s)), "{seen:?}");
     }
 

@@ -152,13 +152,19 @@ impl SessionState {
                 previous: self.peer_acked,
             });
         }
+        self.within_sent(ack)?;
+        self.release(ack);
+        Ok(())
+    }
+
+    /// A position the peer claims to hold must not be past what we sent.
+    fn within_sent(&self, ack: u64) -> Result<(), AckError> {
         if ack > self.sent {
             return Err(AckError::BeyondSent {
                 ack,
                 sent: self.sent,
             });
         }
-        self.release(ack);
         Ok(())
     }
 
@@ -201,12 +207,7 @@ impl SessionState {
                 oldest: self.peer_acked,
             });
         }
-        if position > self.sent {
-            return Err(AckError::BeyondSent {
-                ack: position,
-                sent: self.sent,
-            });
-        }
+        self.within_sent(position)?;
         self.release(position);
         self.ack_sent = 0;
         let mut resend: Vec<Bytes> = self.unacked.iter().cloned().collect();
@@ -252,224 +253,7 @@ pub fn data_message(payload: &[u8]) -> Bytes {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::frame::Frame;
-
-    fn payloads(messages: &[Bytes]) -> Vec<u8> {
-        messages
-            .iter()
-            .flat_map(|m| match Frame::decode(m) {
-                Ok(Frame::Data(p)) => p.to_vec(),
-                other => panic!("not DATA: {other:?}"),
-            })
-            .collect()
-    }
-
-    fn send(state: &mut SessionState, payload: &[u8]) {
-        state.record_sent(data_message(payload));
-    }
-
-    #[test]
-    fn acks_release_the_resend_buffer() {
-        let mut s = SessionState::new(10);
-        send(&mut s, b"abcd");
-        send(&mut s, b"efgh");
-        assert_eq!((s.sent(), s.unacked()), (8, 8));
-        assert!(s.on_ack(4).is_ok());
-        assert_eq!(s.unacked(), 4);
-        assert_eq!(payloads(&s.resume(4).unwrap()), b"efgh");
-    }
-
-    #[test]
-    fn ack_rules_table() {
-        // (acks applied in order, expected result of the last one)
-        let cases: &[(&[u64], Result<(), AckError>)] = &[
-            (&[0], Ok(())),
-            (&[3, 3], Ok(())),
-            (&[8], Ok(())),
-            (&[9], Err(AckError::BeyondSent { ack: 9, sent: 8 })),
-            (
-                &[5, 4],
-                Err(AckError::Backwards {
-                    ack: 4,
-                    previous: 5,
-                }),
-            ),
-        ];
-        for (acks, expected) in cases {
-            let mut s = SessionState::default();
-            send(&mut s, b"12345678");
-            let mut last = Ok(());
-            for a in *acks {
-                last = s.on_ack(*a);
-            }
-            assert_eq!(&last, expected, "acks {acks:?}");
-        }
-    }
-
-    #[test]
-    fn buffer_bound_stops_sending_until_acked() {
-        let mut s = SessionState::new(8);
-        send(&mut s, b"1234");
-        assert!(s.can_send());
-        send(&mut s, b"5678");
-        assert!(!s.can_send());
-        s.on_ack(2).unwrap();
-        assert!(s.can_send());
-    }
-
-    #[test]
-    fn ack_due_after_threshold_and_idle() {
-        let mut s = SessionState::default();
-        assert_eq!(s.on_data(16384), None);
-        assert_eq!(
-            s.on_data(16384),
-            None,
-            "exactly 32 KiB is not more than the threshold"
-        );
-        assert_eq!(s.on_data(1), Some(32769));
-        assert!(!s.ack_pending());
-        assert_eq!(s.idle_ack(), None);
-        assert_eq!(s.on_data(10), None);
-        assert!(s.ack_pending());
-        assert_eq!(s.idle_ack(), Some(32779));
-        assert_eq!(s.idle_ack(), None);
-    }
-
-    #[test]
-    fn resume_resends_exactly_what_the_peer_lacks() {
-        // (position the peer reports, expected resend)
-        let cases: &[(u64, &[u8])] = &[
-            (0, b"abcdefghij"),
-            (3, b"defghij"),
-            (4, b"efghij"),
-            (7, b"hij"),
-            (10, b""),
-        ];
-        for (position, expected) in cases {
-            let mut s = SessionState::default();
-            send(&mut s, b"abcd");
-            send(&mut s, b"efg");
-            send(&mut s, b"hij");
-            let resend = s.resume(*position).unwrap();
-            assert_eq!(payloads(&resend), *expected, "position {position}");
-            assert_eq!(s.unacked(), 10 - position);
-        }
-    }
-
-    #[test]
-    fn resume_after_partial_ack_and_bad_positions() {
-        let mut s = SessionState::default();
-        send(&mut s, b"abcd");
-        send(&mut s, b"efgh");
-        s.on_ack(2).unwrap();
-        assert_eq!(
-            s.resume(1),
-            Err(AckError::Rewind {
-                position: 1,
-                oldest: 2
-            })
-        );
-        assert_eq!(s.resume(9), Err(AckError::BeyondSent { ack: 9, sent: 8 }));
-        assert_eq!(payloads(&s.resume(2).unwrap()), b"cdefgh");
-        assert_eq!(payloads(&s.resume(5).unwrap()), b"fgh");
-    }
-
-    #[test]
-    fn resume_forces_a_fresh_ack() {
-        let mut s = SessionState::default();
-        s.on_data(100);
-        assert_eq!(s.idle_ack(), Some(100));
-        s.resume(0).unwrap();
-        assert_eq!(s.idle_ack(), Some(100));
-    }
-}
+mod tests;
 
 #[cfg(test)]
-mod properties {
-    use super::*;
-    use crate::frame::Frame;
-    use proptest::prelude::*;
-
-    /// What happens between two peers: the sender's moves, the network's, the receiver's.
-    #[derive(Clone, Debug)]
-    enum Event {
-        Send(usize),
-        Deliver,
-        Ack,
-        Drop,
-    }
-
-    fn event() -> impl Strategy<Value = Event> {
-        prop_oneof![
-            4 => (1usize..3000).prop_map(Event::Send),
-            4 => Just(Event::Deliver),
-            2 => Just(Event::Ack),
-            1 => Just(Event::Drop),
-        ]
-    }
-
-    proptest! {
-        /// Any interleaving of sends, deliveries, acks and connection drops (each followed by
-        /// a resume) delivers exactly the original stream: nothing lost, nothing twice.
-        #[test]
-        fn resume_delivers_the_exact_stream(events in prop::collection::vec(event(), 1..300), limit in 1usize..20_000) {
-            let original: Vec<u8> = (0..600_000u32).map(|i| (i.wrapping_mul(2_654_435_761) >> 11) as u8).collect();
-            let mut sender = SessionState::new(limit);
-            let mut in_flight: std::collections::VecDeque<Bytes> = Default::default();
-            let mut delivered: Vec<u8> = Vec::new();
-            let mut offset = 0usize;
-            let resume = |sender: &mut SessionState, in_flight: &mut std::collections::VecDeque<Bytes>, delivered: &Vec<u8>| {
-                in_flight.clear();
-                let resend = sender.resume(delivered.len() as u64).expect("the receiver's count is always resumable");
-                in_flight.extend(resend);
-            };
-            for e in events {
-                match e {
-                    Event::Send(n) if sender.can_send() && offset + n <= original.len() => {
-                        let message = data_message(&original[offset..offset + n]);
-                        offset += n;
-                        sender.record_sent(message.clone());
-                        in_flight.push_back(message);
-                    }
-                    Event::Send(_) => {}
-                    Event::Deliver => {
-                        if let Some(m) = in_flight.pop_front() {
-                            match Frame::decode(&m) {
-                                Ok(Frame::Data(p)) => delivered.extend_from_slice(p),
-                                other => prop_assert!(false, "not DATA: {other:?}"),
-                            }
-                        }
-                    }
-                    Event::Ack => prop_assert!(sender.on_ack(delivered.len() as u64).is_ok()),
-                    Event::Drop => resume(&mut sender, &mut in_flight, &delivered),
-                }
-                prop_assert!(sender.unacked() as usize <= limit + 3000, "buffer bound exceeded");
-                prop_assert_eq!(&delivered[..], &original[..delivered.len()]);
-            }
-            // A last drop and resume, then drain: everything sent arrives exactly once.
-            resume(&mut sender, &mut in_flight, &delivered);
-            while let Some(m) = in_flight.pop_front() {
-                if let Ok(Frame::Data(p)) = Frame::decode(&m) {
-                    delivered.extend_from_slice(p);
-                }
-            }
-            prop_assert_eq!(delivered.len() as u64, sender.sent());
-            prop_assert_eq!(&delivered[..], &original[..offset]);
-        }
-
-        /// ACKs that go backwards or beyond what was sent are always refused.
-        #[test]
-        fn bad_acks_are_refused(sent in 1usize..5000, good in 0u64..5000, extra in 1u64..1000) {
-            let mut s = SessionState::default();
-            s.record_sent(data_message(&vec![1u8; sent]));
-            let good = good.min(sent as u64);
-            prop_assert!(s.on_ack(good).is_ok());
-            prop_assert!(s.on_ack(sent as u64 + extra).is_err());
-            if good > 0 {
-                prop_assert!(s.on_ack(good - 1).is_err());
-            }
-        }
-    }
-}
+mod properties;

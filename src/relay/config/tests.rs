@@ -227,23 +227,10 @@ mod problems {
 
     #[test]
     fn every_problem_is_listed_and_the_good_entries_kept() {
-        let text = r#"
-listen = "127.0.0.1:0"
-node_id = "bad id"
-[[instances]]
-project = "p"
-zone = "z"
-name = "vm-1"
-interfaces = { nic0 = "127.0.0.1" }
-[[bindings]]
-role = "roles/viewer"
-members = ["alice"]
-resource = "projects/p"
-[[bindings]]
-role = "roles/iap.tunnelResourceAccessor"
-members = ["user:a@example.com"]
-resource = "projects/p"
-"#;
+        // GOOD with a bad node id and a second binding with a bad role and a bad member.
+        let text = GOOD.replace("[tls]", "node_id = \"bad id\"\n[tls]")
+            + "[[bindings]]\nrole = \"roles/viewer\"\nmembers = [\"alice\"]\nresource = \"projects/p\"\n";
+        let text = text.as_str();
         let (config, problems) = RelayConfig::parse_all(text, Path::new("."));
         assert_eq!(problems.len(), 3, "{problems:?}");
         assert!(
