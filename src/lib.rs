@@ -56,6 +56,7 @@
 //! - [`client::auth`]: tokens from a source, through the cache; a [`client::auth::Token`]
 //!   cannot be printed.
 //! - [`client::adc`]: Application Default Credentials through `google-cloud-auth`.
+//! - [`client::tokeninfo`]: a fresh token's real expiry, from Google's token-info endpoint.
 //! - [`client::gcloud`]: the gcloud account, through `gcloud config config-helper`.
 //! - [`client::cache`]: the on-disk token cache shared by processes.
 //! - [`client::destination`]: project, zone and target from HOST, flags, env and gcloud files.
