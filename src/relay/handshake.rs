@@ -40,6 +40,12 @@ type ServerStream = Prefixed<Either<tokio_rustls::server::TlsStream<TcpStream>, 
 /// copy in the connection task for as long as the tunnel is open.
 pub(super) type ServerSocket = Box<WebSocketStream<ServerStream>>;
 
+/// The initial size of tungstenite's read buffer for a client's WebSocket. tungstenite
+/// zero-fills the whole buffer on its first read and never gives it back, so every open
+/// tunnel, idle or not, holds this much. It grows to a whole message when a longer one
+/// arrives; reads from the TLS stream are this size at most.
+const READ_BUFFER: usize = 4 * 1024;
+
 /// What the upgrade request asked for.
 pub(super) enum Asked {
     /// `/v4/connect`: a new session to this target and port.
@@ -157,7 +163,8 @@ async fn upgrade(
     let prefix = Bytes::copy_from_slice(&parts.read_buf);
     drop(parts.read_buf);
     let stream = Prefixed::new(prefix, stream);
-    let ws = WebSocketStream::from_raw_socket(stream, Role::Server, Some(websocket_config())).await;
+    let config = websocket_config().read_buffer_size(READ_BUFFER);
+    let ws = WebSocketStream::from_raw_socket(stream, Role::Server, Some(config)).await;
     Some((Box::new(ws), caller))
 }
 
