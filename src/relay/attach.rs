@@ -169,7 +169,9 @@ pub(super) async fn drive(relay: &Arc<Relay>, attachment: Attachment, cancel: &C
             }
         }
     };
-    settle(relay, parked, end, revoked, &lease, cancel).await;
+    // Boxed: settling runs once, at the end, and inline its room would be added to the
+    // running attachment's for the tunnel's whole life.
+    Box::pin(settle(relay, parked, end, revoked, &lease, cancel)).await;
 }
 
 /// After an attachment: parks a session that may be resumed, or ends it.
