@@ -62,9 +62,11 @@ impl Lease {
 
     /// Whether the session may go on under the configuration in force now, and for how long.
     async fn recheck(&self, relay: &Relay) -> Result<Option<Duration>, String> {
-        relay
-            .state()
-            .still_allowed(&self.grant, &self.credential)
+        let state = relay.state();
+        // Boxed, and only while it runs: the check may ask a token-info endpoint over HTTPS,
+        // a future of several kilobytes that would otherwise sit inline in every tunnel's
+        // task for its whole life.
+        Box::pin(state.still_allowed(&self.grant, &self.credential))
             .await
             .map(until_now)
     }
@@ -167,7 +169,9 @@ pub(super) async fn drive(relay: &Arc<Relay>, attachment: Attachment, cancel: &C
             }
         }
     };
-    settle(relay, parked, end, revoked, &lease, cancel).await;
+    // Boxed: settling runs once, at the end, and inline its room would be added to the
+    // running attachment's for the tunnel's whole life.
+    Box::pin(settle(relay, parked, end, revoked, &lease, cancel)).await;
 }
 
 /// After an attachment: parks a session that may be resumed, or ends it.

@@ -6,10 +6,9 @@ use std::time::{Duration, Instant};
 
 use futures_util::SinkExt;
 use tokio_tungstenite::tungstenite::Message;
-use tokio_util::sync::CancellationToken;
 use tracing::info;
 
-use super::attach::{self, Attachment, Lease};
+use super::attach::{Attachment, Lease};
 use super::dial;
 use super::handshake::{Asked, Caller, ServerSocket, close_with};
 use super::locate::{self, Way};
@@ -23,20 +22,18 @@ use crate::frame::Frame;
 use crate::session::local::{TcpInput, TcpOutput};
 use crate::session::pump::Session;
 
-/// Opens the session `caller` asked for and runs its first attachment, or refuses it with a
-/// close code. Nothing is resolved or dialled before the policy allows the request.
+/// Opens the session `caller` asked for and returns its first attachment, for
+/// [`drive`](super::attach::drive), or refuses it with a close code (`None`). Nothing is resolved or
+/// dialled before the policy allows the request.
 pub(super) async fn open(
     relay: &Arc<Relay>,
     state: &Arc<State>,
     mut ws: ServerSocket,
     mut caller: Caller,
-    cancel: &CancellationToken,
-) {
-    let Some(admitted) = caller.admitted.take() else {
-        return;
-    };
+) -> Option<Attachment> {
+    let admitted = caller.admitted.take()?;
     let Asked::Connect { target, port } = &caller.asked else {
-        return;
+        return None;
     };
     let port = *port;
     let described = target.describe(port);
@@ -56,7 +53,7 @@ pub(super) async fn open(
         Err(no) => {
             refuse(no.code, no.reason, no.result);
             close_with(&mut ws, no.code).await;
-            return;
+            return None;
         }
     };
     let grant = Grant {
@@ -71,7 +68,7 @@ pub(super) async fn open(
         Decision::Deny { reason } => {
             refuse(close::NOT_AUTHORIZED, &reason, "denied");
             close_with(&mut ws, close::NOT_AUTHORIZED).await;
-            return;
+            return None;
         }
     };
     let resolved = match &route.way {
@@ -83,7 +80,7 @@ pub(super) async fn open(
         Err(no) => {
             refuse(no.code, no.reason, no.result);
             close_with(&mut ws, no.code).await;
-            return;
+            return None;
         }
     };
     let dial_limit = Duration::from_secs(state.config.limits.backend_connect_timeout_secs);
@@ -93,7 +90,7 @@ pub(super) async fn open(
             let code = close::FAILED_TO_CONNECT_TO_BACKEND;
             refuse(code, &format!("backend: {error}"), "backend_failed");
             close_with(&mut ws, code).await;
-            return;
+            return None;
         }
     };
     let sid = new_session_id(state.config.node_id.as_deref());
@@ -105,7 +102,7 @@ pub(super) async fn open(
         .await
     {
         info!(%principal, sid = %sid, error = %e, "client went away before the session started");
-        return;
+        return None;
     }
     let info = SessionInfo {
         sid,
@@ -133,14 +130,13 @@ pub(super) async fn open(
         info,
         admitted,
     };
-    let attachment = Attachment {
+    Some(Attachment {
         ws,
         parked,
         detach,
         resend: Vec::new(),
         lease: Lease::new(grant, &caller, until, state),
-    };
-    attach::drive(relay, attachment, cancel).await;
+    })
 }
 
 /// A session id: `NODE.` (when the relay has a node id) and 144 random bits in hex. The node

@@ -10,6 +10,7 @@ use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use bytes::Bytes;
 use futures_util::StreamExt;
 use hyper::Request;
 use hyper::body::Incoming;
@@ -34,8 +35,16 @@ use crate::target::{self, Target};
 use crate::wire::websocket_config;
 
 type ServerStream = Prefixed<Either<tokio_rustls::server::TlsStream<TcpStream>, TcpStream>>;
-/// A client's WebSocket, after the upgrade.
-pub(super) type ServerSocket = WebSocketStream<ServerStream>;
+/// A client's WebSocket, after the upgrade. Boxed: it is over a kilobyte (tungstenite's and
+/// rustls' state inline), and each async fn it passes through would otherwise keep its own
+/// copy in the connection task for as long as the tunnel is open.
+pub(super) type ServerSocket = Box<WebSocketStream<ServerStream>>;
+
+/// The initial size of tungstenite's read buffer for a client's WebSocket. tungstenite
+/// zero-fills the whole buffer on its first read and never gives it back, so every open
+/// tunnel, idle or not, holds this much. It grows to a whole message when a longer one
+/// arrives; reads from the TLS stream are this size at most.
+const READ_BUFFER: usize = 4 * 1024;
 
 /// What the upgrade request asked for.
 pub(super) enum Asked {
@@ -149,9 +158,14 @@ async fn upgrade(
         let _ = stream.shutdown().await;
         return None;
     };
-    let stream = Prefixed::new(parts.read_buf, stream);
-    let ws = WebSocketStream::from_raw_socket(stream, Role::Server, Some(websocket_config())).await;
-    Some((ws, caller))
+    // What hyper read past the head is copied out: the bytes it hands back share its whole
+    // read buffer (8 KiB or more), which would otherwise stay allocated as long as the tunnel.
+    let prefix = Bytes::copy_from_slice(&parts.read_buf);
+    drop(parts.read_buf);
+    let stream = Prefixed::new(prefix, stream);
+    let config = websocket_config().read_buffer_size(READ_BUFFER);
+    let ws = WebSocketStream::from_raw_socket(stream, Role::Server, Some(config)).await;
+    Some((Box::new(ws), caller))
 }
 
 /// A future answering one upgrade request.

@@ -7,10 +7,9 @@ use std::time::Duration;
 
 use futures_util::SinkExt;
 use tokio_tungstenite::tungstenite::Message;
-use tokio_util::sync::CancellationToken;
 use tracing::info;
 
-use super::attach::{self, Attachment, Lease};
+use super::attach::{Attachment, Lease};
 use super::handshake::{Asked, Caller, ServerSocket, close_with};
 use super::policy::Decision;
 use super::report::Outcome;
@@ -30,16 +29,16 @@ const COMPLETE_WAIT: Duration = Duration::from_secs(1);
 /// Audit reason of a session that ended without a close after its backend closed.
 pub const COMPLETE_WITHOUT_CLOSE: &str = "complete; client left without a close";
 
-/// Resumes the session `caller` asked for on `ws`, or refuses with a close code.
+/// Resumes the session `caller` asked for on `ws` and returns the attachment, for
+/// [`drive`](super::attach::drive), or refuses with a close code (`None`).
 pub(super) async fn reconnect(
     relay: &Arc<Relay>,
     state: &Arc<State>,
     mut ws: ServerSocket,
     caller: Caller,
-    cancel: &CancellationToken,
-) {
+) -> Option<Attachment> {
     let Asked::Reconnect { sid, ack } = &caller.asked else {
-        return;
+        return None;
     };
     let (sid, ack) = (sid.as_str(), *ack);
     let principal = caller.identity.principal.as_str();
@@ -56,7 +55,7 @@ pub(super) async fn reconnect(
                 error,
             });
             close_with(&mut ws, error.close_code()).await;
-            return;
+            return None;
         }
     };
     // The grant is decided again, for this attachment's client: a binding may have expired
@@ -73,7 +72,7 @@ pub(super) async fn reconnect(
                 "revoked",
             )
             .await;
-            return;
+            return None;
         }
     };
     let resend = match parked.session.state.resume(ack) {
@@ -91,7 +90,7 @@ pub(super) async fn reconnect(
                 "rewind_failed",
             )
             .await;
-            return;
+            return None;
         }
     };
     let received = parked.session.state.received();
@@ -103,7 +102,7 @@ pub(super) async fn reconnect(
     {
         info!(sid = %sid, error = %e, "client went away during resume");
         park(relay, state, parked);
-        return;
+        return None;
     }
     parked.info.resumes += 1;
     relay.report(Outcome::Reconnected {
@@ -113,14 +112,13 @@ pub(super) async fn reconnect(
         relay_has: received,
         resent_bytes: parked.session.state.unacked(),
     });
-    let attachment = Attachment {
+    Some(Attachment {
         ws,
         parked,
         detach,
         resend,
         lease: Lease::new(Grant::clone(&grant), &caller, until, state),
-    };
-    attach::drive(relay, attachment, cancel).await;
+    })
 }
 
 /// Ends a claimed session that cannot go on: forgets it, closes the client's WebSocket with

@@ -5,6 +5,7 @@
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::path::Path;
+use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant};
@@ -18,12 +19,12 @@ use tracing::{Instrument, info, info_span, warn};
 use super::admission::{Budget, HandshakeGate, HandshakeSlot, PrincipalGate, address_key};
 use super::audit::AuditLog;
 use super::config::RelayConfig;
-use super::handshake::{self, Asked};
+use super::handshake::{self, Asked, Caller, ServerSocket};
 use super::metrics::Metrics;
 use super::report::Outcome;
 use super::sessions::{Registry, Standing};
 use super::state::State;
-use super::{connect, resume};
+use super::{attach, connect, resume};
 use crate::close;
 
 /// Pause after a failed `accept` (e.g. out of file descriptors) so the loop does not spin.
@@ -259,11 +260,33 @@ async fn handle(
     slot: Option<HandshakeSlot>,
     cancel: &CancellationToken,
 ) {
-    let Some((ws, caller, state)) = handshake::run(relay, stream, peer.ip(), slot).await else {
-        return;
-    };
-    match caller.asked {
-        Asked::Connect { .. } => connect::open(relay, &state, ws, caller, cancel).await,
-        Asked::Reconnect { .. } => resume::reconnect(relay, &state, ws, caller, cancel).await,
+    // Each phase is its own heap future, freed when it ends: the task then holds only what
+    // the phase running now needs (the handshake's hyper and TLS state is larger than the
+    // session's, and a single future is as large as its largest phase for its whole life).
+    // The upgraded socket and caller go straight into the session's future, never into a
+    // local of this one (which would keep room for them across the session's await).
+    let session = Box::pin(handshake::run(relay, stream, peer.ip(), slot))
+        .await
+        .map(|upgraded| session(relay, upgraded, cancel));
+    if let Some(session) = session {
+        session.await;
     }
+}
+
+/// The session phase of a connection, as one heap future: a new session or a resume, then
+/// its attachment. Opening is boxed apart too, so its locals are gone while the tunnel runs.
+fn session<'a>(
+    relay: &'a Arc<Relay>,
+    (ws, caller, state): (ServerSocket, Caller, Arc<State>),
+    cancel: &'a CancellationToken,
+) -> Pin<Box<dyn Future<Output = ()> + Send + 'a>> {
+    Box::pin(async move {
+        let opening = match caller.asked {
+            Asked::Connect { .. } => Box::pin(connect::open(relay, &state, ws, caller)).await,
+            Asked::Reconnect { .. } => Box::pin(resume::reconnect(relay, &state, ws, caller)).await,
+        };
+        if let Some(drive) = opening.map(|attachment| attach::drive(relay, attachment, cancel)) {
+            drive.await;
+        }
+    })
 }
