@@ -40,12 +40,6 @@ type ServerStream = Prefixed<Either<tokio_rustls::server::TlsStream<TcpStream>, 
 /// copy in the connection task for as long as the tunnel is open.
 pub(super) type ServerSocket = Box<WebSocketStream<ServerStream>>;
 
-/// The initial size of tungstenite's read buffer for a client's WebSocket. tungstenite
-/// zero-fills the whole buffer on its first read and never gives it back, so every open
-/// tunnel, idle or not, holds this much. It grows to a whole message when a longer one
-/// arrives; reads from the TLS stream are this size at most.
-const READ_BUFFER: usize = 4 * 1024;
-
 /// What the upgrade request asked for.
 pub(super) enum Asked {
     /// `/v4/connect`: a new session to this target and port.
@@ -163,8 +157,9 @@ async fn upgrade(
     let prefix = Bytes::copy_from_slice(&parts.read_buf);
     drop(parts.read_buf);
     let stream = Prefixed::new(prefix, stream);
-    let config = websocket_config().read_buffer_size(READ_BUFFER);
-    let ws = WebSocketStream::from_raw_socket(stream, Role::Server, Some(config)).await;
+    // tungstenite zero-fills its read buffer on the first read and keeps it, so its size
+    // (`wire::WS_READ_CHUNK`, 4 KiB) is held by every open tunnel, idle or not.
+    let ws = WebSocketStream::from_raw_socket(stream, Role::Server, Some(websocket_config())).await;
     Some((Box::new(ws), caller))
 }
 
