@@ -26,7 +26,7 @@ mod closing;
 
 pub use super::end::PumpEnd;
 pub use super::inbound::Role;
-pub use super::liveness::Keepalive;
+pub use super::liveness::{Flow, Keepalive};
 
 /// Send an idle ACK this long after the last DATA if nothing else acknowledged it.
 pub const IDLE_ACK_DELAY: Duration = Duration::from_millis(20);
@@ -87,8 +87,10 @@ pub enum Action {
 pub struct AttachState<'s> {
     state: &'s mut SessionState,
     settings: Settings,
-    /// Messages for the WebSocket, oldest first.
-    outbox: VecDeque<Message>,
+    /// Messages for the WebSocket, oldest first, each with the DATA payload bytes it carries.
+    outbox: VecDeque<(Message, u64)>,
+    /// Stream position just past the last DATA handed to the WebSocket.
+    handed: u64,
     /// The WebSocket holds an automatic pong that must be flushed.
     flush: bool,
     /// When to send an idle ACK.
@@ -115,7 +117,8 @@ impl<'s> AttachState<'s> {
     ) -> Self {
         let checks = settings.keepalive.is_some() || settings.idle_timeout.is_some();
         let mut attach = AttachState {
-            outbox: resend.into_iter().map(Message::Binary).collect(),
+            outbox: resend.into_iter().map(outgoing_data).collect(),
+            handed: state.peer_acked(),
             flush: false,
             // A resumed session owes the peer an ACK for what arrived before the drop.
             ack_at: state.ack_pending().then(|| now + IDLE_ACK_DELAY),
@@ -137,6 +140,15 @@ impl<'s> AttachState<'s> {
     /// The session's byte accounting.
     pub fn state(&self) -> &SessionState {
         self.state
+    }
+
+    /// What the WebSocket was handed and the peer has not acknowledged, and how many ACKs it
+    /// sent: what a relay watches to tell a client that stopped acknowledging.
+    pub fn flow(&self) -> Flow {
+        Flow {
+            unacked: self.handed.saturating_sub(self.state.peer_acked()),
+            acks: self.state.acks_received(),
+        }
     }
 
     /// Whether our close is on its way (nothing but the peer's close reply is awaited).
@@ -166,7 +178,8 @@ impl<'s> AttachState<'s> {
     /// The next message for the WebSocket. Call it only when the WebSocket can take one: the
     /// message leaves the queue here.
     pub fn next_outgoing(&mut self, now: Instant) -> Option<Message> {
-        let msg = self.outbox.pop_front()?;
+        let (msg, data) = self.outbox.pop_front()?;
+        self.handed += data;
         if self.outbox.is_empty() {
             self.close_if_input_done(now);
         }
@@ -199,7 +212,7 @@ impl<'s> AttachState<'s> {
             if self.closing.is_none()
                 && let Some(n) = self.state.idle_ack()
             {
-                self.outbox.push_back(Message::Binary(frame::ack(n)));
+                self.outbox.push_back((Message::Binary(frame::ack(n)), 0));
             }
         }
         if self.closing.is_some() {
@@ -237,7 +250,7 @@ impl<'s> AttachState<'s> {
         if let Some(k) = self.settings.keepalive {
             match self.alive.check(k, self.state.unacked() > 0, now) {
                 Check::Fine => {}
-                Check::Ping => self.outbox.push_back(Message::Ping(Bytes::new())),
+                Check::Ping => self.outbox.push_back((Message::Ping(Bytes::new()), 0)),
                 Check::Dead(waited) => {
                     return Action::Stop(PumpEnd::TransportLost(format!(
                         "no answer from the relay for {}s",
@@ -316,7 +329,7 @@ impl<'s> AttachState<'s> {
             Inbound::Data { payload, ack_now } => {
                 self.last_data = now;
                 if let Some(n) = ack_now {
-                    self.outbox.push_back(Message::Binary(frame::ack(n)));
+                    self.outbox.push_back((Message::Binary(frame::ack(n)), 0));
                     self.ack_at = None;
                 } else if self.ack_at.is_none() {
                     self.ack_at = Some(now + IDLE_ACK_DELAY);
@@ -348,7 +361,7 @@ impl<'s> AttachState<'s> {
             self.alive.waiting(now);
         }
         self.state.record_sent(message.clone());
-        self.outbox.push_back(Message::Binary(message));
+        self.outbox.push_back(outgoing_data(message));
     }
 
     /// Local input ended: close once the peer has acknowledged everything, or after
@@ -389,6 +402,12 @@ impl<'s> AttachState<'s> {
         let error = format!("{what}: {error}");
         (code, PumpEnd::LocalFailed { error, code })
     }
+}
+
+/// A DATA message (header included) for the outbox, with its payload size.
+fn outgoing_data(message: Bytes) -> (Message, u64) {
+    let payload = message.len().saturating_sub(frame::DATA_HEADER_LEN) as u64;
+    (Message::Binary(message), payload)
 }
 
 #[cfg(test)]
