@@ -8,7 +8,6 @@
 //! time without sockets. How an attachment closes (after local EOF, or at once on a failure)
 //! is in `closing`.
 
-use std::collections::VecDeque;
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -21,8 +20,10 @@ use super::state::SessionState;
 use crate::close;
 use crate::frame;
 use closing::{Closing, Eof, close_message};
+use outbox::Outbox;
 
 mod closing;
+mod outbox;
 
 pub use super::end::PumpEnd;
 pub use super::inbound::Role;
@@ -87,10 +88,8 @@ pub enum Action {
 pub struct AttachState<'s> {
     state: &'s mut SessionState,
     settings: Settings,
-    /// Messages for the WebSocket, oldest first, each with the DATA payload bytes it carries.
-    outbox: VecDeque<(Message, u64)>,
-    /// Stream position just past the last DATA handed to the WebSocket.
-    handed: u64,
+    /// Messages for the WebSocket, and how far the DATA among them went out.
+    outbox: Outbox,
     /// The WebSocket holds an automatic pong that must be flushed.
     flush: bool,
     /// When to send an idle ACK.
@@ -117,8 +116,7 @@ impl<'s> AttachState<'s> {
     ) -> Self {
         let checks = settings.keepalive.is_some() || settings.idle_timeout.is_some();
         let mut attach = AttachState {
-            outbox: resend.into_iter().map(outgoing_data).collect(),
-            handed: state.peer_acked(),
+            outbox: Outbox::new(resend, state.peer_acked()),
             flush: false,
             // A resumed session owes the peer an ACK for what arrived before the drop.
             ack_at: state.ack_pending().then(|| now + IDLE_ACK_DELAY),
@@ -142,13 +140,9 @@ impl<'s> AttachState<'s> {
         self.state
     }
 
-    /// What the WebSocket was handed and the peer has not acknowledged, and how many ACKs it
-    /// sent: what a relay watches to tell a client that stopped acknowledging.
+    /// What a relay watches to tell a client that stopped acknowledging.
     pub fn flow(&self) -> Flow {
-        Flow {
-            unacked: self.handed.saturating_sub(self.state.peer_acked()),
-            acks: self.state.acks_received(),
-        }
+        self.outbox.flow(self.state)
     }
 
     /// Whether our close is on its way (nothing but the peer's close reply is awaited).
@@ -178,8 +172,7 @@ impl<'s> AttachState<'s> {
     /// The next message for the WebSocket. Call it only when the WebSocket can take one: the
     /// message leaves the queue here.
     pub fn next_outgoing(&mut self, now: Instant) -> Option<Message> {
-        let (msg, data) = self.outbox.pop_front()?;
-        self.handed += data;
+        let msg = self.outbox.pop()?;
         if self.outbox.is_empty() {
             self.close_if_input_done(now);
         }
@@ -212,7 +205,7 @@ impl<'s> AttachState<'s> {
             if self.closing.is_none()
                 && let Some(n) = self.state.idle_ack()
             {
-                self.outbox.push_back((Message::Binary(frame::ack(n)), 0));
+                self.outbox.push(Message::Binary(frame::ack(n)));
             }
         }
         if self.closing.is_some() {
@@ -250,7 +243,7 @@ impl<'s> AttachState<'s> {
         if let Some(k) = self.settings.keepalive {
             match self.alive.check(k, self.state.unacked() > 0, now) {
                 Check::Fine => {}
-                Check::Ping => self.outbox.push_back((Message::Ping(Bytes::new()), 0)),
+                Check::Ping => self.outbox.push(Message::Ping(Bytes::new())),
                 Check::Dead(waited) => {
                     return Action::Stop(PumpEnd::TransportLost(format!(
                         "no answer from the relay for {}s",
@@ -329,7 +322,7 @@ impl<'s> AttachState<'s> {
             Inbound::Data { payload, ack_now } => {
                 self.last_data = now;
                 if let Some(n) = ack_now {
-                    self.outbox.push_back((Message::Binary(frame::ack(n)), 0));
+                    self.outbox.push(Message::Binary(frame::ack(n)));
                     self.ack_at = None;
                 } else if self.ack_at.is_none() {
                     self.ack_at = Some(now + IDLE_ACK_DELAY);
@@ -361,7 +354,7 @@ impl<'s> AttachState<'s> {
             self.alive.waiting(now);
         }
         self.state.record_sent(message.clone());
-        self.outbox.push_back(outgoing_data(message));
+        self.outbox.push_data(message);
     }
 
     /// Local input ended: close once the peer has acknowledged everything, or after
@@ -402,12 +395,6 @@ impl<'s> AttachState<'s> {
         let error = format!("{what}: {error}");
         (code, PumpEnd::LocalFailed { error, code })
     }
-}
-
-/// A DATA message (header included) for the outbox, with its payload size.
-fn outgoing_data(message: Bytes) -> (Message, u64) {
-    let payload = message.len().saturating_sub(frame::DATA_HEADER_LEN) as u64;
-    (Message::Binary(message), payload)
 }
 
 #[cfg(test)]
