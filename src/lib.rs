@@ -35,7 +35,7 @@
 //! - [`relay::forwarded`]: the client's address behind trusted proxies.
 //! - [`relay::admission`]: handshake, per-principal and memory-budget slots, freed on drop.
 //! - [`relay::throttle`]: token buckets per source address, for token-info lookups.
-//! - [`relay::watch`]: an attachment's DATA out and ACKs in, counted; when it has stalled.
+//! - [`relay::watch`]: when a client has stopped acknowledging, from the pump's `Flow`.
 //! - [`relay::metrics`]: counters and their Prometheus text.
 //!
 //! ## I/O

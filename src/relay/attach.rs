@@ -16,10 +16,10 @@ use super::resume::{self, COMPLETE_WITHOUT_CLOSE};
 use super::serve::Relay;
 use super::sessions::{Grant, Parked};
 use super::state::State;
-use super::watch::{Flow, Stall, Watched};
+use super::watch::Stall;
 use crate::close;
 use crate::close::POLICY_VIOLATION;
-use crate::session::pump::{self, Attach, Detach, PumpEnd, Role};
+use crate::session::pump::{self, Attach, Detach, PumpEnd, Role, SharedFlow};
 
 /// How long to wait for the backend to take the bytes a client sent before it closed.
 const BACKEND_DRAIN_WAIT: Duration = Duration::from_secs(10);
@@ -117,12 +117,12 @@ pub(super) async fn drive(relay: &Arc<Relay>, attachment: Attachment, cancel: &C
     };
     let mut recheck_at = deadline_of(&authorized_for);
     let mut revoked: Option<String> = None;
-    let flow = Flow::starting_at(parked.session.state.peer_acked());
+    let flow = SharedFlow::default();
+    attach.flow = Some(&flow);
     let mut stall = Stall::new();
     let mut stall_tick = tokio::time::interval(STALL_CHECK_EVERY);
     stall_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let end = {
-        let ws = Watched::new(ws, flow.clone());
         let pump = pump::run(&mut parked.session, ws, attach);
         tokio::pin!(pump);
         let reauth = sleep_or_never(reauth);
@@ -155,8 +155,9 @@ pub(super) async fn drive(relay: &Arc<Relay>, attachment: Attachment, cancel: &C
                     asked = true;
                 }
                 _ = stall_tick.tick() => {
-                    if let Some(stalled) = stall.check(&flow, Instant::now()) {
-                        let (info, unacked) = (&parked.info, flow.unacked());
+                    let seen = flow.get();
+                    if let Some(stalled) = stall.check(seen, Instant::now()) {
+                        let (info, unacked) = (&parked.info, seen.unacked);
                         relay.report(Outcome::Stalled { info, unacked, stalled });
                     }
                 }

@@ -8,7 +8,6 @@
 //! time without sockets. How an attachment closes (after local EOF, or at once on a failure)
 //! is in `closing`.
 
-use std::collections::VecDeque;
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -21,12 +20,14 @@ use super::state::SessionState;
 use crate::close;
 use crate::frame;
 use closing::{Closing, Eof, close_message};
+use outbox::Outbox;
 
 mod closing;
+mod outbox;
 
 pub use super::end::PumpEnd;
 pub use super::inbound::Role;
-pub use super::liveness::Keepalive;
+pub use super::liveness::{Flow, Keepalive};
 
 /// Send an idle ACK this long after the last DATA if nothing else acknowledged it.
 pub const IDLE_ACK_DELAY: Duration = Duration::from_millis(20);
@@ -87,8 +88,8 @@ pub enum Action {
 pub struct AttachState<'s> {
     state: &'s mut SessionState,
     settings: Settings,
-    /// Messages for the WebSocket, oldest first.
-    outbox: VecDeque<Message>,
+    /// Messages for the WebSocket, and how far the DATA among them went out.
+    outbox: Outbox,
     /// The WebSocket holds an automatic pong that must be flushed.
     flush: bool,
     /// When to send an idle ACK.
@@ -115,7 +116,7 @@ impl<'s> AttachState<'s> {
     ) -> Self {
         let checks = settings.keepalive.is_some() || settings.idle_timeout.is_some();
         let mut attach = AttachState {
-            outbox: resend.into_iter().map(Message::Binary).collect(),
+            outbox: Outbox::new(resend, state.peer_acked()),
             flush: false,
             // A resumed session owes the peer an ACK for what arrived before the drop.
             ack_at: state.ack_pending().then(|| now + IDLE_ACK_DELAY),
@@ -137,6 +138,11 @@ impl<'s> AttachState<'s> {
     /// The session's byte accounting.
     pub fn state(&self) -> &SessionState {
         self.state
+    }
+
+    /// What a relay watches to tell a client that stopped acknowledging.
+    pub fn flow(&self) -> Flow {
+        self.outbox.flow(self.state)
     }
 
     /// Whether our close is on its way (nothing but the peer's close reply is awaited).
@@ -166,7 +172,7 @@ impl<'s> AttachState<'s> {
     /// The next message for the WebSocket. Call it only when the WebSocket can take one: the
     /// message leaves the queue here.
     pub fn next_outgoing(&mut self, now: Instant) -> Option<Message> {
-        let msg = self.outbox.pop_front()?;
+        let msg = self.outbox.pop()?;
         if self.outbox.is_empty() {
             self.close_if_input_done(now);
         }
@@ -199,7 +205,7 @@ impl<'s> AttachState<'s> {
             if self.closing.is_none()
                 && let Some(n) = self.state.idle_ack()
             {
-                self.outbox.push_back(Message::Binary(frame::ack(n)));
+                self.outbox.push(Message::Binary(frame::ack(n)));
             }
         }
         if self.closing.is_some() {
@@ -237,7 +243,7 @@ impl<'s> AttachState<'s> {
         if let Some(k) = self.settings.keepalive {
             match self.alive.check(k, self.state.unacked() > 0, now) {
                 Check::Fine => {}
-                Check::Ping => self.outbox.push_back(Message::Ping(Bytes::new())),
+                Check::Ping => self.outbox.push(Message::Ping(Bytes::new())),
                 Check::Dead(waited) => {
                     return Action::Stop(PumpEnd::TransportLost(format!(
                         "no answer from the relay for {}s",
@@ -316,7 +322,7 @@ impl<'s> AttachState<'s> {
             Inbound::Data { payload, ack_now } => {
                 self.last_data = now;
                 if let Some(n) = ack_now {
-                    self.outbox.push_back(Message::Binary(frame::ack(n)));
+                    self.outbox.push(Message::Binary(frame::ack(n)));
                     self.ack_at = None;
                 } else if self.ack_at.is_none() {
                     self.ack_at = Some(now + IDLE_ACK_DELAY);
@@ -348,7 +354,7 @@ impl<'s> AttachState<'s> {
             self.alive.waiting(now);
         }
         self.state.record_sent(message.clone());
-        self.outbox.push_back(Message::Binary(message));
+        self.outbox.push_data(message);
     }
 
     /// Local input ended: close once the peer has acknowledged everything, or after

@@ -1,5 +1,6 @@
 //! Dead-path detection for a client (no I/O): when to ping a relay that has gone quiet, and
-//! when its silence means the path is gone.
+//! when its silence means the path is gone. Also the numbers by which a relay tells that its
+//! client has stopped acknowledging ([`Flow`]).
 
 use std::time::Duration;
 
@@ -117,6 +118,17 @@ impl Liveness {
         }
         Check::Fine
     }
+}
+
+/// How far the peer's acknowledgements lag what one attachment handed to its WebSocket. A
+/// relay looks at it from outside the pump to tell when a client has stopped acknowledging
+/// (`relay::watch`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Flow {
+    /// DATA payload bytes handed to the WebSocket and not yet acknowledged.
+    pub unacked: u64,
+    /// ACK messages received in the session so far: one repeating a position still counts.
+    pub acks: u64,
 }
 
 #[cfg(test)]

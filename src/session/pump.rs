@@ -9,7 +9,7 @@
 
 use std::collections::VecDeque;
 use std::future::poll_fn;
-use std::sync::atomic::{AtomicU16, Ordering};
+use std::sync::atomic::{AtomicU16, AtomicU64, Ordering};
 use std::task::Poll;
 use std::time::Duration;
 
@@ -24,7 +24,7 @@ use super::local::{LocalInput, LocalOutput};
 use super::state::SessionState;
 use crate::close;
 
-pub use super::attach::{CLOSE_WAIT, EOF_ACK_WAIT, IDLE_ACK_DELAY, Keepalive, PumpEnd, Role};
+pub use super::attach::{CLOSE_WAIT, EOF_ACK_WAIT, Flow, IDLE_ACK_DELAY, Keepalive, PumpEnd, Role};
 pub use super::inbound::merge_long_close;
 
 /// Received payload bytes queued for the local side before we stop reading the WebSocket.
@@ -79,6 +79,29 @@ impl Detach {
     }
 }
 
+/// The running attachment's [`Flow`], kept up to date by the pump for code beside it (a
+/// relay's stall check) that cannot borrow the session while the pump runs.
+#[derive(Debug, Default)]
+pub struct SharedFlow {
+    unacked: AtomicU64,
+    acks: AtomicU64,
+}
+
+impl SharedFlow {
+    /// The flow as the pump last saw it.
+    pub fn get(&self) -> Flow {
+        Flow {
+            unacked: self.unacked.load(Ordering::Relaxed),
+            acks: self.acks.load(Ordering::Relaxed),
+        }
+    }
+
+    fn set(&self, flow: Flow) {
+        self.unacked.store(flow.unacked, Ordering::Relaxed);
+        self.acks.store(flow.acks, Ordering::Relaxed);
+    }
+}
+
 /// How one WebSocket attachment of a session is driven.
 #[derive(Debug)]
 pub struct Attach<'a> {
@@ -97,10 +120,12 @@ pub struct Attach<'a> {
     pub keepalive: Option<Keepalive>,
     /// Close with [`close::POLICY_VIOLATION`] after this long without DATA either way.
     pub idle_timeout: Option<Duration>,
+    /// Optional place to publish the attachment's [`Flow`] as it changes.
+    pub flow: Option<&'a SharedFlow>,
 }
 
 impl<'a> Attach<'a> {
-    /// A plain attachment: no resend, no detach, no keepalive.
+    /// A plain attachment: no resend, no detach, no keepalive, no published flow.
     pub fn new(role: Role, shutdown: &'a CancellationToken) -> Self {
         Attach {
             role,
@@ -110,6 +135,7 @@ impl<'a> Attach<'a> {
             detach: None,
             keepalive: None,
             idle_timeout: None,
+            flow: None,
         }
     }
 }
@@ -159,6 +185,7 @@ where
         detach,
         keepalive,
         idle_timeout,
+        flow,
     } = attach;
     let never = CancellationToken::new();
     let detach_token = detach.map_or(&never, |d| &d.token);
@@ -179,6 +206,8 @@ where
     let (mut sink, mut stream) = ws.split();
 
     loop {
+        // An ACK may have arrived; what was handed to the WebSocket is published as it goes.
+        publish(flow, &attach);
         let read_ws = out.bytes < OUTPUT_QUEUE_LIMIT;
         let read_local = attach.wants_input();
         let write_ws = attach.wants_send();
@@ -210,7 +239,7 @@ where
                 }
                 Action::Continue
             }
-            sent = send_outbox(&mut sink, &mut attach), if write_ws => match sent {
+            sent = send_outbox(&mut sink, &mut attach, flow), if write_ws => match sent {
                 Ok(()) => {
                     attach.on_sent();
                     Action::Continue
@@ -271,7 +300,11 @@ async fn write_front<O: LocalOutput>(output: &mut O, out: &mut OutQueue) -> std:
 
 /// Hands the state's queued messages to the WebSocket and flushes. Cancel safe: a message
 /// leaves the queue only once the sink is ready to accept it.
-async fn send_outbox<S, E>(sink: &mut S, attach: &mut AttachState<'_>) -> Result<(), String>
+async fn send_outbox<S, E>(
+    sink: &mut S,
+    attach: &mut AttachState<'_>,
+    flow: Option<&SharedFlow>,
+) -> Result<(), String>
 where
     S: Sink<Message, Error = E> + Unpin,
     E: std::fmt::Display,
@@ -283,13 +316,23 @@ where
                 Poll::Ready(Err(e)) => return Poll::Ready(Err(e.to_string())),
                 Poll::Pending => return Poll::Pending,
             }
-            if let Some(msg) = attach.next_outgoing(Instant::now())
-                && let Err(e) = sink.start_send_unpin(msg)
-            {
-                return Poll::Ready(Err(e.to_string()));
+            if let Some(msg) = attach.next_outgoing(Instant::now()) {
+                let sent = sink.start_send_unpin(msg);
+                // Handed over now, though the flush may wait for the peer to read.
+                publish(flow, attach);
+                if let Err(e) = sent {
+                    return Poll::Ready(Err(e.to_string()));
+                }
             }
         }
         sink.poll_flush_unpin(cx).map_err(|e| e.to_string())
     })
     .await
+}
+
+/// Publishes `attach`'s flow where the attachment's owner asked for it.
+fn publish(flow: Option<&SharedFlow>, attach: &AttachState<'_>) {
+    if let Some(flow) = flow {
+        flow.set(attach.flow());
+    }
 }

@@ -84,6 +84,9 @@ pub struct SessionState {
     received: u64,
     /// The last ACK value we sent.
     ack_sent: u64,
+    /// ACK messages received, valid or not: one repeating a position still shows the peer
+    /// is acknowledging.
+    acks_received: u64,
     max_unacked: usize,
 }
 
@@ -103,6 +106,7 @@ impl SessionState {
             front_acked: 0,
             received: 0,
             ack_sent: 0,
+            acks_received: 0,
             max_unacked,
         }
     }
@@ -120,6 +124,11 @@ impl SessionState {
     /// Highest position the peer acknowledged.
     pub fn peer_acked(&self) -> u64 {
         self.peer_acked
+    }
+
+    /// How many ACK messages the peer has sent since the session began.
+    pub fn acks_received(&self) -> u64 {
+        self.acks_received
     }
 
     /// Bytes sent and not yet acknowledged.
@@ -146,6 +155,7 @@ impl SessionState {
     /// # Errors
     /// [`AckError`] when the value goes backwards or exceeds what was sent.
     pub fn on_ack(&mut self, ack: u64) -> Result<(), AckError> {
+        self.acks_received += 1;
         if ack < self.peer_acked {
             return Err(AckError::Backwards {
                 ack,

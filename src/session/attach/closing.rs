@@ -41,7 +41,7 @@ impl AttachState<'_> {
         if self.closing.is_some() {
             return;
         }
-        self.outbox.push_back(close_message(code, reason));
+        self.outbox.push(close_message(code, reason));
         self.closing = Some(Closing {
             deadline: now + CLOSE_WAIT,
             end,

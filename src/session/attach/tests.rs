@@ -297,3 +297,48 @@ async fn local_input_pauses_while_the_websocket_is_behind() {
     assert!(a.next_outgoing(now).is_some());
     assert!(a.wants_input());
 }
+
+#[tokio::test(start_paused = true)]
+async fn the_flow_counts_data_as_it_is_handed_over_and_every_ack() {
+    let mut state = SessionState::new(1 << 20);
+    let flow = |unacked, acks| Flow { unacked, acks };
+    {
+        let mut a = AttachState::new(
+            &mut state,
+            settings(Role::Relay),
+            vec![],
+            false,
+            Instant::now(),
+        );
+        assert_eq!(a.flow(), flow(0, 0));
+        a.on_local_data(local("hello"), Instant::now());
+        a.on_local_data(local("world"), Instant::now());
+        // Queued is not yet handed to the WebSocket.
+        assert_eq!(a.flow(), flow(0, 0));
+        assert!(a.next_outgoing(Instant::now()).is_some());
+        assert_eq!(a.flow(), flow(5, 0));
+        assert_eq!(drain(&mut a), ["DATA world"]);
+        assert_eq!(a.flow(), flow(10, 0));
+        // An ACK repeating the position still counts.
+        let _ = a.on_message(ack_from_peer(4), Instant::now());
+        let _ = a.on_message(ack_from_peer(4), Instant::now());
+        assert_eq!(a.flow(), flow(6, 2));
+        // Our own ACKs are not DATA.
+        let _ = a.on_message(data_from_peer("x"), Instant::now());
+        let _ = after(&mut a, IDLE_ACK_DELAY).await;
+        assert_eq!(drain(&mut a), ["ACK 1"]);
+        assert_eq!(a.flow(), flow(6, 2));
+    }
+    // A resumed attachment counts what it sends again as it goes out.
+    let resend = state.resume(4).expect("position 4 is buffered");
+    let mut a = AttachState::new(
+        &mut state,
+        settings(Role::Relay),
+        resend,
+        false,
+        Instant::now(),
+    );
+    assert_eq!(a.flow(), flow(0, 2));
+    assert_eq!(drain(&mut a), ["DATA o", "DATA world"]);
+    assert_eq!(a.flow(), flow(6, 2));
+}
