@@ -67,6 +67,26 @@ fn script(send: Vec<Message>) -> Script {
 }
 
 /// Finishes the upgrade, agreeing to the relay subprotocol as a relay does.
+/// Plays `script` on an upgraded connection: its messages, then what comes after.
+async fn play(mut ws: tokio_tungstenite::WebSocketStream<tokio::net::TcpStream>, script: Script) {
+    for m in script.send {
+        if ws.feed(m).await.is_err() {
+            return;
+        }
+    }
+    let _ = ws.flush().await;
+    match script.after {
+        After::Read => {
+            let _ = tokio::time::timeout(Duration::from_secs(10), async {
+                while let Some(Ok(_)) = ws.next().await {}
+            })
+            .await;
+        }
+        After::Stall(d) => tokio::time::sleep(d).await,
+        After::Drop => {}
+    }
+}
+
 async fn accept(
     stream: tokio::net::TcpStream,
 ) -> Option<tokio_tungstenite::WebSocketStream<tokio::net::TcpStream>> {
@@ -96,28 +116,10 @@ async fn scripted_relay(script: Script) -> String {
             return;
         };
         drop(listener);
-        let Some(mut ws) = accept(stream).await else {
+        let Some(ws) = accept(stream).await else {
             return;
         };
-        for m in script.send {
-            if ws.feed(m).await.is_err() {
-                return;
-            }
-        }
-        let _ = ws.flush().await;
-        match script.after {
-            After::Read => {
-                let _ = tokio::time::timeout(Duration::from_secs(10), async {
-                    while let Some(Ok(_)) = ws.next().await {}
-                })
-                .await;
-            }
-            After::Stall(d) => {
-                tokio::time::sleep(d).await;
-                drop(ws);
-            }
-            After::Drop => drop(ws),
-        }
+        play(ws, script).await;
     });
     url
 }
@@ -614,25 +616,10 @@ fn sequence_relay_on(
                     );
                     Ok(resp)
                 };
-                let Ok(mut ws) = tokio_tungstenite::accept_hdr_async(stream, record).await else {
+                let Ok(ws) = tokio_tungstenite::accept_hdr_async(stream, record).await else {
                     return;
                 };
-                for m in script.send {
-                    if ws.feed(m).await.is_err() {
-                        return;
-                    }
-                }
-                let _ = ws.flush().await;
-                match script.after {
-                    After::Read => {
-                        let _ = tokio::time::timeout(Duration::from_secs(10), async {
-                            while let Some(Ok(_)) = ws.next().await {}
-                        })
-                        .await;
-                    }
-                    After::Stall(d) => tokio::time::sleep(d).await,
-                    After::Drop => {}
-                }
+                play(ws, script).await;
             });
         }
     });
